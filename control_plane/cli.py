@@ -1,0 +1,153 @@
+"""`switchyard` command line: up | validate | sim | control-plane | ext-proc."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+from control_plane.config import ConfigError, default_config_path, load_config
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from control_plane.compile import PUSH_ORDER, compile_config
+
+    try:
+        snapshot = compile_config(load_config(args.config))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"config OK: {args.config} (version {snapshot.version})")
+    for type_url in PUSH_ORDER:
+        names = ", ".join(getattr(r, "name", "?") for r in snapshot.resources[type_url])
+        print(f"  {type_url.rsplit('.', 1)[-1]}: {names}")
+    print("routes:")
+    for line in snapshot.summary:
+        print(f"  {line}")
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from control_plane.launcher import Gateway
+
+    try:
+        gateway = Gateway(args.config, log_level=args.log_level)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    stop = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    gateway.start()
+    try:
+        gateway.wait_ready(timeout=args.ready_timeout)
+        model = next(iter(sorted(gateway.cfg.models)), "MODEL")
+        print(f"""
+Switchyard is up: {gateway.url}/v1   (Envoy admin: http://{gateway.cfg.admin.address}:\
+{gateway.cfg.admin.port}, config: {gateway.config_path})
+
+  curl {gateway.url}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python -c "import openai; c = openai.OpenAI(base_url='{gateway.url}/v1', api_key='none'); \
+print(c.chat.completions.create(model='{model}', \
+messages=[{{'role': 'user', 'content': 'Hi'}}]).choices[0].message.content)"
+
+Edit the config file to add models (hot-reloaded). Ctrl-C stops everything.
+""", file=sys.stderr, flush=True)
+        while not stop:
+            for name, proc in gateway.procs.items():
+                if proc.poll() is not None:
+                    print(f"error: {name} exited with code {proc.returncode}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        return 0
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        gateway.stop()
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    """Run every provider that has `simulate:` in the config, each with its own timing."""
+    import uvloop
+
+    from sim.server import SimOptions, start_sim
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    async def serve() -> None:
+        runners = []
+        for name, p in sorted(cfg.providers.items()):
+            if p.simulate is None:
+                continue
+            options = SimOptions(ttft_ms=p.simulate.ttft_ms, tokens_per_s=p.simulate.tokens_per_s)
+            runners.append(await start_sim(p.kind, name, p.host, p.port, options))
+            print(f"sim: {name} ({p.kind}) on {p.base_url}", file=sys.stderr, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        for r in runners:
+            await r.cleanup()
+
+    uvloop.run(serve())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="switchyard", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    default = default_config_path()
+
+    up = sub.add_parser("up", help="start the whole gateway (Envoy, control plane, ext_proc, sim)")
+    up.add_argument("--config", type=Path, default=default)
+    up.add_argument("--log-level", default="info")
+    up.add_argument("--ready-timeout", type=float, default=60.0)
+    up.set_defaults(func=_cmd_up)
+
+    val = sub.add_parser("validate", help="validate a config and print the compiled routes")
+    val.add_argument("config", type=Path, nargs="?", default=default)
+    val.set_defaults(func=_cmd_validate)
+
+    sim = sub.add_parser("sim", help="run the provider simulator for `simulate:` providers")
+    sim.add_argument("--config", type=Path, default=default)
+    sim.set_defaults(func=_cmd_sim)
+
+    cp = sub.add_parser("control-plane", help="run only the control plane", add_help=False)
+    cp.set_defaults(func=None, module="control_plane.server")
+    ep = sub.add_parser("ext-proc", help="run only the ext_proc server", add_help=False)
+    ep.set_defaults(func=None, module="ext_proc.server")
+
+    args, rest = parser.parse_known_args(argv)
+    if args.func is None:
+        if args.module == "control_plane.server":
+            from control_plane.server import main as cp_main
+
+            cp_main(rest)
+        else:
+            from ext_proc.server import main as ep_main
+
+            ep_main(rest)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

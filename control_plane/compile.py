@@ -1,0 +1,347 @@
+"""Config → one immutable, versioned snapshot: Envoy xDS resources + the ext_proc routing table.
+
+This is the only place that knows how a model config becomes Envoy config. Resources are
+written as plain dicts in Envoy's own YAML/JSON shape (easy to read against Envoy's docs) and
+parsed once into `xds-protos` messages, so a field typo fails here, at compile time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2  # noqa: F401  (Any registry)
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from control_plane.config import Backend, GatewayConfig, Provider
+from protos import routing_pb2
+
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+#: Order in which a new snapshot is pushed: clusters land before anything that names them.
+PUSH_ORDER = (CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+
+LISTENER_NAME = "switchyard_http"
+ROUTE_CONFIG_NAME = "switchyard_routes"
+EXT_PROC_CLUSTER = "switchyard_ext_proc"
+XDS_CLUSTER = "switchyard_xds"
+
+#: Headers the route phase sets for Envoy; clients' copies are stripped by the route phase.
+CLUSTER_HEADER = "x-switchyard-cluster"
+REQUEST_ID_HEADER = "x-switchyard-rid"
+
+CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+_EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
+_EXT_PROC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one config compiles to. Immutable; `versions` hash each resource type."""
+
+    version: str
+    resources: dict[str, tuple[Message, ...]]
+    versions: dict[str, str]
+    routing: routing_pb2.RoutingTable
+    #: Human-readable summary of the routes (for `switchyard validate`).
+    summary: list[str] = field(default_factory=list)
+
+
+def cluster_name(backend: Backend) -> str:
+    """One Envoy cluster per (provider, upstream model): stats and health are per backend."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{backend.provider}.{backend.model}")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _ms(ms: float) -> str:
+    return f"{ms / 1000:.3f}s"
+
+
+def _error_json(status_message: str, type_: str, code: str) -> str:
+    return orjson.dumps(
+        {"error": {"message": status_message, "type": type_, "param": None, "code": code}}
+    ).decode()
+
+
+def _ext_proc_disabled() -> dict[str, Any]:
+    return {"envoy.filters.http.ext_proc": {"@type": _EXT_PROC_PER_ROUTE, "disabled": True}}
+
+
+def _upstream_ext_proc(cfg: GatewayConfig) -> dict[str, Any]:
+    """Translate phase: runs once per attempt inside the cluster, headers only.
+
+    The body is replaced from the route phase's in-memory copy (CONTINUE_AND_REPLACE), so
+    Envoy never streams the request body to Python a second time.
+    """
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _EXT_PROC,
+            "grpc_service": {"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}},
+            "failure_mode_allow": False,
+            "message_timeout": _ms(cfg.ext_proc.message_timeout_ms),
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "NONE",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SKIP",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+            "request_attributes": ["xds.cluster_name"],
+            "mutation_rules": {"allow_all_routing": True},
+        },
+    }
+
+
+def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provider,
+             backend: Backend) -> dict[str, Any]:
+    protocol: dict[str, Any] = (
+        {"auto_config": {"http2_protocol_options": {}, "http_protocol_options": {}}}
+        if provider.tls
+        else {"explicit_http_config": {"http_protocol_options": {}}}
+    )
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC" if _is_ip(provider.host) else "LOGICAL_DNS",
+        "connect_timeout": f"{provider.connect_timeout_s:.3f}s",
+        "lb_policy": "ROUND_ROBIN",
+        "dns_lookup_family": "V4_PREFERRED",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": provider.host, "port_value": provider.port}}}}]}],
+        },
+        "circuit_breakers": {"thresholds": [{
+            "max_connections": provider.max_concurrent_requests,
+            "max_pending_requests": provider.max_concurrent_requests,
+            "max_requests": provider.max_concurrent_requests,
+        }]},
+        "metadata": {"filter_metadata": {"switchyard": {
+            "provider": provider_name, "kind": provider.kind, "model": backend.model}}},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                **protocol,
+                "http_filters": [
+                    _upstream_ext_proc(cfg),
+                    {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http."
+                                 "upstream_codec.v3.UpstreamCodec"}},
+                ],
+            }
+        },
+    }
+    if provider.tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                         "UpstreamTlsContext",
+                "sni": provider.host,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "validation_context": {"trusted_ca": {"filename": CA_BUNDLE}},
+                },
+            },
+        }
+    return cluster
+
+
+def _listener(cfg: GatewayConfig) -> dict[str, Any]:
+    """Route phase: ext_proc sees headers + the buffered body, then the router picks a cluster."""
+    route_phase = {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _EXT_PROC,
+            "grpc_service": {"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}},
+            "failure_mode_allow": False,
+            "message_timeout": _ms(cfg.ext_proc.message_timeout_ms),
+            "max_message_timeout": _ms(max(cfg.ext_proc.message_timeout_ms, 30_000)),
+            "allow_mode_override": True,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND",
+                # Overridden per response at response-headers time: BUFFERED for JSON.
+                "response_body_mode": "STREAMED",
+                "response_trailer_mode": "SKIP",
+            },
+        },
+    }
+    too_large = _error_json("Request body too large", "invalid_request_error", "request_too_large")
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
+                 "v3.HttpConnectionManager",
+        "stat_prefix": "switchyard",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "request_timeout": "0s",
+        "stream_idle_timeout": f"{cfg.limits.request_timeout_s:.0f}s",
+        "rds": {"route_config_name": ROUTE_CONFIG_NAME,
+                "config_source": {"ads": {}, "resource_api_version": "V3"}},
+        "local_reply_config": {"mappers": [{
+            "filter": {"status_code_filter": {"comparison": {
+                "op": "EQ", "value": {"default_value": 413, "runtime_key": "sy.413"}}}},
+            "body": {"inline_string": too_large},
+            "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                                     "content_type": "application/json"},
+        }]},
+        "http_filters": [
+            route_phase,
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+    }
+    return {
+        "name": LISTENER_NAME,
+        "address": {"socket_address": {"address": cfg.listen.address,
+                                       "port_value": cfg.listen.port}},
+        # Bodies are buffered for the route phase and for retries: allow the configured max.
+        "per_connection_buffer_limit_bytes": cfg.limits.max_request_bytes,
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}],
+    }
+
+
+def _routes(cfg: GatewayConfig) -> dict[str, Any]:
+    models_body = orjson.dumps({
+        "object": "list",
+        "data": [{"id": alias, "object": "model", "created": 0,
+                  "owned_by": cfg.providers[m.backends[0].provider].kind}
+                 for alias, m in sorted(cfg.models.items())],
+    }).decode()
+    json_headers = [{"header": {"key": "content-type", "value": "application/json"}}]
+    post = {"name": ":method", "string_match": {"exact": "POST"}}
+    get = {"name": ":method", "string_match": {"exact": "GET"}}
+    return {
+        "name": ROUTE_CONFIG_NAME,
+        "max_direct_response_body_size_bytes": max(4096, len(models_body) + 1),
+        "virtual_hosts": [{
+            "name": "switchyard",
+            "domains": ["*"],
+            "routes": [
+                {"name": "models", "match": {"path": MODELS_PATH, "headers": [get]},
+                 "direct_response": {"status": 200, "body": {"inline_string": models_body}},
+                 "response_headers_to_add": json_headers,
+                 "typed_per_filter_config": _ext_proc_disabled()},
+                # After the route phase set the cluster header: go there.
+                {"name": "chat", "match": {"path": CHAT_PATH, "headers": [
+                    post, {"name": CLUSTER_HEADER, "present_match": True}]},
+                 "route": {"cluster_header": CLUSTER_HEADER,
+                           "timeout": f"{cfg.limits.request_timeout_s:.0f}s"}},
+                # Before the body is seen (route phase still running) the request sits here.
+                {"name": "chat_pending", "match": {"path": CHAT_PATH, "headers": [post]},
+                 "direct_response": {"status": 503, "body": {"inline_string": _error_json(
+                     "The gateway could not route this request", "api_error", "no_route")}},
+                 "response_headers_to_add": json_headers},
+                {"name": "not_found", "match": {"prefix": "/"},
+                 "direct_response": {"status": 404, "body": {"inline_string": _error_json(
+                     "Unknown path or method", "invalid_request_error", "not_found")}},
+                 "response_headers_to_add": json_headers,
+                 "typed_per_filter_config": _ext_proc_disabled()},
+            ],
+        }],
+    }
+
+
+def _routing_table(cfg: GatewayConfig, backends: dict[str, tuple[str, Backend]]
+                   ) -> routing_pb2.RoutingTable:
+    table = routing_pb2.RoutingTable()
+    for name, provider in sorted(cfg.providers.items()):
+        table.providers.add(
+            name=name, kind=provider.kind, host=_authority(provider),
+            path_prefix=provider.path_prefix, tls=provider.tls,
+            api_key=(provider.api_key.resolve() or "") if provider.api_key else "",
+            headers=provider.headers,
+        )
+    for cname, (_, backend) in sorted(backends.items()):
+        table.backends.add(
+            cluster=cname, provider=backend.provider, model=backend.model,
+            price_input=backend.price.input if backend.price else 0.0,
+            price_output=backend.price.output if backend.price else 0.0,
+            context_window=backend.context_window or 0,
+        )
+    for alias, model in sorted(cfg.models.items()):
+        table.models.add(name=alias, backends=[cluster_name(b) for b in model.backends])
+    return table
+
+
+def _authority(provider: Provider) -> str:
+    default = 443 if provider.tls else 80
+    return provider.host if provider.port == default else f"{provider.host}:{provider.port}"
+
+
+def _digest(messages: Iterable[Message]) -> str:
+    h = hashlib.sha256()
+    for m in messages:
+        h.update(m.SerializeToString(deterministic=True))
+    return h.hexdigest()[:16]
+
+
+def compile_config(cfg: GatewayConfig) -> Snapshot:
+    """Compile a validated config into a snapshot. Pure: same config, same versions."""
+    backends: dict[str, tuple[str, Backend]] = {}
+    for alias, model in cfg.models.items():
+        for b in model.backends:
+            backends.setdefault(cluster_name(b), (alias, b))
+    clusters = tuple(
+        json_format.ParseDict(
+            _cluster(cfg, cname, b.provider, cfg.providers[b.provider], b), cluster_pb2.Cluster())
+        for cname, (_, b) in sorted(backends.items())
+    )
+    listeners = (json_format.ParseDict(_listener(cfg), listener_pb2.Listener()),)
+    routes = (json_format.ParseDict(_routes(cfg), route_pb2.RouteConfiguration()),)
+    resources: dict[str, tuple[Message, ...]] = {
+        CLUSTER_TYPE: clusters, LISTENER_TYPE: listeners, ROUTE_TYPE: routes}
+    versions = {t: _digest(r) for t, r in resources.items()}
+    routing = _routing_table(cfg, backends)
+    h = hashlib.sha256("".join(versions[t] for t in PUSH_ORDER).encode())
+    h.update(routing.SerializeToString(deterministic=True))
+    version = h.hexdigest()[:16]
+    routing.version = version
+    summary = [
+        f"{alias} -> " + " | ".join(
+            f"{cluster_name(b)} ({cfg.providers[b.provider].kind} {cfg.providers[b.provider].host}"
+            f":{cfg.providers[b.provider].port} model={b.model})" for b in model.backends)
+        for alias, model in sorted(cfg.models.items())
+    ]
+    return Snapshot(version=version, resources=resources, versions=versions, routing=routing,
+                    summary=summary)
+
+
+def bootstrap_clusters(xds_host: str, xds_port: int, ext_proc_host: str, ext_proc_port: int
+                       ) -> dict[str, Any]:
+    """Static clusters of the Envoy bootstrap (kept here so names stay in one place)."""
+    return {"xds": (XDS_CLUSTER, xds_host, xds_port),
+            "ext_proc": (EXT_PROC_CLUSTER, ext_proc_host, ext_proc_port)}

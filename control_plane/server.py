@@ -1,0 +1,128 @@
+"""The control plane process: watch the config file, compile, serve ADS + RoutingTable.
+
+A config change is loaded, validated and compiled whole; any error is logged with file:line
+and the last good snapshot keeps serving. A good snapshot is published in a safe order:
+Envoy gets the new clusters first (we wait for every Envoy's CDS ACK, bounded), then ext_proc
+gets the routing table that names them, so no request is routed to a cluster Envoy lacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import signal
+from pathlib import Path
+
+import grpc
+import structlog
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from control_plane.compile import CLUSTER_TYPE, Snapshot, compile_config
+from control_plane.config import ConfigError, load_config
+from control_plane.logs import configure_logging
+from control_plane.routing import RoutingService, RoutingTableStore
+from control_plane.xds import AdsServer, SnapshotStore
+from protos import routing_pb2_grpc
+
+log = structlog.get_logger("switchyard.control_plane")
+
+#: How long a publish waits for Envoy to ACK new clusters before updating ext_proc anyway.
+CDS_ACK_TIMEOUT_S = 2.0
+POLL_INTERVAL_S = 0.25
+
+
+class ControlPlane:
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.envoy_store = SnapshotStore()
+        self.routing_store = RoutingTableStore()
+        self.snapshot: Snapshot | None = None
+        self._digest = ""
+        self.reloads = 0
+        self.rejected = 0
+
+    def _read(self) -> tuple[str, bytes] | None:
+        try:
+            data = self.config_path.read_bytes()
+        except OSError:
+            return None
+        return hashlib.sha256(data).hexdigest(), data
+
+    async def load(self) -> bool:
+        """Load, validate and compile the file; publish if good. True if a new snapshot went out."""
+        read = self._read()
+        if read is None:
+            log.error("config file unreadable; keeping last good config", file=str(self.config_path))
+            return False
+        digest, _ = read
+        self._digest = digest
+        try:
+            snapshot = compile_config(load_config(self.config_path))
+        except ConfigError as exc:
+            self.rejected += 1
+            log.error("invalid config rejected; last good config keeps serving",
+                      error=str(exc), file=exc.file, line=exc.line, field=exc.field,
+                      serving_version=self.snapshot.version if self.snapshot else None)
+            return False
+        if self.snapshot and snapshot.version == self.snapshot.version:
+            return False
+        await self.publish(snapshot)
+        return True
+
+    async def publish(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        self.reloads += 1
+        await self.envoy_store.set(snapshot)
+        acked = await self.envoy_store.wait_acked(
+            CLUSTER_TYPE, snapshot.versions[CLUSTER_TYPE], CDS_ACK_TIMEOUT_S)
+        await self.routing_store.set(snapshot.routing)
+        log.info("config published", version=snapshot.version, models=len(snapshot.routing.models),
+                 clusters_acked=acked, envoys=len(self.envoy_store.envoys))
+
+    async def watch(self) -> None:
+        """Poll the file's content hash: robust to editors that replace files by rename."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            read = self._read()
+            if read is not None and read[0] != self._digest:
+                log.info("config file changed", file=str(self.config_path))
+                await self.load()
+
+
+async def serve(config_path: Path, address: str, port: int) -> None:
+    cp = ControlPlane(config_path)
+    if not await cp.load():
+        raise SystemExit(f"switchyard control plane: no valid config at {config_path}")
+    server = grpc.aio.server(options=[("grpc.keepalive_time_ms", 30_000)])
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(AdsServer(cp.envoy_store), server)
+    routing_pb2_grpc.add_RoutingServiceServicer_to_server(
+        RoutingService(cp.routing_store), server)
+    bound = server.add_insecure_port(f"{address}:{port}")
+    await server.start()
+    log.info("control plane listening", address=address, port=bound, config=str(config_path))
+    watcher = asyncio.create_task(cp.watch())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    watcher.cancel()
+    await server.stop(grace=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="switchyard control-plane")
+    parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18000)
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    import uvloop
+
+    uvloop.run(serve(args.config, args.address, args.port))
+
+
+if __name__ == "__main__":
+    main()

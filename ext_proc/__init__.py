@@ -1,0 +1,1 @@
+"""Switchyard ext_proc server: decides routing and translates bodies for Envoy."""

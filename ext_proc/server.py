@@ -1,0 +1,503 @@
+"""The ext_proc gRPC server: per-request brain on Envoy's data path.
+
+Two kinds of stream arrive here (told apart by the attributes Envoy sends):
+
+* **route phase** (listener filter, before the router): request headers, the buffered body,
+  then response headers and body. Parses the OpenAI request once, rejects bad input, picks
+  candidate backends, tells Envoy the cluster (header + clear_route_cache), and later
+  translates the response back to the ingress schema (buffered or SSE chunk by chunk).
+* **translate phase** (upstream filter inside each cluster, once per attempt): one headers
+  message. Looks up the route phase's parsed body by request id and replaces path, headers,
+  credentials and body for the backend this attempt goes to (CONTINUE_AND_REPLACE), so Envoy
+  never streams the request body to Python twice.
+
+Both phases of a request reach this same process (ext_proc runs beside Envoy), so the parsed
+body is shared in memory, keyed by an id the route phase mints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import orjson
+import structlog
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+
+from ext_proc import metrics
+from ext_proc.adapters import ADAPTERS, ResponseHandler
+from ext_proc.select import candidates
+from ext_proc.table import BackendInfo, RoutingClient
+from ext_proc.translate.openai import TranslationError, error_body
+
+log = structlog.get_logger("switchyard.request")
+syslog = structlog.get_logger("switchyard.ext_proc")
+
+CLUSTER_HEADER = "x-switchyard-cluster"
+RID_HEADER = "x-switchyard-rid"
+_INTERNAL_PREFIX = "x-switchyard-"
+#: Client headers that must never reach a provider (the gateway sets its own credentials).
+_STRIP_UPSTREAM = (
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "anthropic-version",
+    "x-goog-api-key",
+    "cookie",
+    CLUSTER_HEADER,
+    RID_HEADER,
+)
+_ATTR_NS = "envoy.filters.http.ext_proc"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+_CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+_BUFFER_RESPONSE = processing_mode_pb2.ProcessingMode(
+    response_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED
+)
+_STREAM_RESPONSE = processing_mode_pb2.ProcessingMode(
+    response_body_mode=processing_mode_pb2.ProcessingMode.STREAMED
+)
+_SKIP_RESPONSE = processing_mode_pb2.ProcessingMode(
+    response_body_mode=processing_mode_pb2.ProcessingMode.NONE
+)
+
+
+def _hv(key: str, value: bytes) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value), append_action=_OVERWRITE
+    )
+
+
+def _headers(msg: pb.HttpHeaders) -> dict[str, str]:
+    return {
+        h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value)
+        for h in msg.headers.headers
+    }
+
+
+def _immediate(
+    status: int, body: bytes, details: str, extra: tuple[tuple[str, bytes], ...] = ()
+) -> pb.ProcessingResponse:
+    headers = [_hv("content-type", b"application/json"), *(_hv(k, v) for k, v in extra)]
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            headers=pb.HeaderMutation(set_headers=headers),
+            body=body,
+            details=details,
+        )
+    )
+
+
+def _error(
+    status: int, message: str, type_: str, code: str | None, param: str | None = None
+) -> pb.ProcessingResponse:
+    return _immediate(status, error_body(message, type_, code, param), code or type_)
+
+
+class RequestState:
+    """One HTTP request's route-phase state; shared with its translate-phase attempts."""
+
+    __slots__ = (
+        "attempts",
+        "backend",
+        "body",
+        "bytes_in",
+        "candidates",
+        "handler",
+        "logged",
+        "model",
+        "rid",
+        "sent_cache",
+        "status",
+        "stream",
+        "t0",
+        "t_first",
+    )
+
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
+        self.t0 = time.monotonic()
+        self.t_first: float | None = None
+        self.body: dict[str, Any] = {}
+        self.model = ""
+        self.stream = False
+        self.candidates: tuple[BackendInfo, ...] = ()
+        self.attempts = 0
+        self.backend: BackendInfo | None = None
+        self.sent_cache: dict[str, tuple[bytes, bytes, list[tuple[str, bytes]]]] = {}
+        self.status = 0
+        self.handler: ResponseHandler | None = None
+        self.bytes_in = 0
+        self.logged = False
+
+
+class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
+    def __init__(self, routing: RoutingClient) -> None:
+        self.routing = routing
+        self.inflight: dict[str, RequestState] = {}
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
+
+    # -- gRPC entry point -------------------------------------------------------------------
+    async def Process(  # noqa: N802 (gRPC method name)
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        st: RequestState | None = None
+        try:
+            async for req in request_iterator:
+                kind = req.WhichOneof("request")
+                if kind == "request_headers":
+                    if req.attributes:
+                        yield self._attempt(req)
+                        continue
+                    st = RequestState(self._prefix + str(next(self._ids)))
+                    yield self._on_request_headers(st, req.request_headers)
+                elif st is None:
+                    yield pb.ProcessingResponse()
+                elif kind == "request_body":
+                    yield self._on_request_body(st, req.request_body)
+                elif kind == "response_headers":
+                    yield self._on_response_headers(st, req.response_headers)
+                elif kind == "response_body":
+                    yield self._on_response_body(st, req.response_body)
+                else:
+                    yield pb.ProcessingResponse()
+        finally:
+            if st is not None:
+                self.inflight.pop(st.rid, None)
+                if not st.logged and st.model:
+                    self._finish(st, outcome="client_disconnected" if st.status == 0 else "aborted")
+
+    # -- route phase ------------------------------------------------------------------------
+    def _on_request_headers(self, st: RequestState, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
+        if msg.end_of_stream:
+            return _error(400, "Request body is required", "invalid_request_error", "missing_body")
+        internal = [h.key for h in msg.headers.headers if h.key.startswith(_INTERNAL_PREFIX)]
+        if internal:
+            return pb.ProcessingResponse(
+                request_headers=pb.HeadersResponse(
+                    response=pb.CommonResponse(
+                        header_mutation=pb.HeaderMutation(remove_headers=internal)
+                    )
+                )
+            )
+        return _CONTINUE_REQUEST_HEADERS
+
+    def _on_request_body(self, st: RequestState, msg: pb.HttpBody) -> pb.ProcessingResponse:
+        raw = msg.body
+        st.bytes_in = len(raw)
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return _error(
+                400,
+                f"Request body is not valid JSON: {exc}",
+                "invalid_request_error",
+                "invalid_json",
+            )
+        problem = _check_chat(body)
+        if problem is not None:
+            return _error(400, problem[1], "invalid_request_error", "invalid_request", problem[0])
+        alias: str = body["model"]
+        routes = self.routing.routes
+        backends = routes.models.get(alias)
+        if backends is None:
+            metrics.REJECTED.labels(reason="model_not_found").inc()
+            return _error(
+                404,
+                f"The model `{alias}` does not exist or is not served by this gateway",
+                "invalid_request_error",
+                "model_not_found",
+                "model",
+            )
+        st.body = body
+        st.model = alias
+        st.stream = body.get("stream") is True
+        st.candidates = candidates(backends, body)
+        self.inflight[st.rid] = st
+        first = st.candidates[0]
+        return pb.ProcessingResponse(
+            request_body=pb.BodyResponse(
+                response=pb.CommonResponse(
+                    header_mutation=pb.HeaderMutation(
+                        set_headers=[
+                            _hv(CLUSTER_HEADER, first.cluster.encode()),
+                            _hv(RID_HEADER, st.rid.encode()),
+                        ]
+                    ),
+                    clear_route_cache=True,
+                )
+            )
+        )
+
+    def _on_response_headers(self, st: RequestState, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
+        headers = _headers(msg)
+        st.status = status = int(headers.get(":status", "0"))
+        backend = st.backend
+        content_type = headers.get("content-type", "")
+        set_headers = []
+        if backend is not None:
+            set_headers.append(_hv("x-switchyard-backend", backend.label.encode()))
+            set_headers.append(_hv("x-switchyard-attempts", str(st.attempts).encode()))
+        from_upstream = backend is not None and "x-envoy-upstream-service-time" in headers
+        handler: ResponseHandler
+        if not from_upstream:
+            # Envoy's own reply (no healthy upstream, timeout, overflow): make it an OpenAI error.
+            handler = _EnvoyErrorHandler(status)
+        else:
+            assert backend is not None
+            sse = content_type.startswith("text/event-stream")
+            handler = ADAPTERS[backend.provider.kind].response(status, sse, st.body, backend)
+        st.handler = handler
+        remove = []
+        if handler.rewrites:
+            remove.append("content-length")
+            if handler.content_type:
+                set_headers.append(_hv("content-type", handler.content_type))
+        common = pb.CommonResponse(
+            header_mutation=pb.HeaderMutation(set_headers=set_headers, remove_headers=remove)
+        )
+        if msg.end_of_stream:
+            self._finish(st)
+            return pb.ProcessingResponse(
+                response_headers=pb.HeadersResponse(response=common), mode_override=_SKIP_RESPONSE
+            )
+        return pb.ProcessingResponse(
+            response_headers=pb.HeadersResponse(response=common),
+            mode_override=_STREAM_RESPONSE if handler.streaming else _BUFFER_RESPONSE,
+        )
+
+    def _on_response_body(self, st: RequestState, msg: pb.HttpBody) -> pb.ProcessingResponse:
+        handler = st.handler
+        if st.t_first is None:
+            st.t_first = time.monotonic()
+        if handler is None:
+            return pb.ProcessingResponse(response_body=pb.BodyResponse())
+        extra_headers: list[base_pb2.HeaderValueOption] = []
+        try:
+            out = handler.feed(msg.body)
+            if msg.end_of_stream:
+                tail = handler.finish()
+                if tail is not None:
+                    out = tail if not out else out + tail
+        except Exception as exc:  # a provider sent something we cannot translate
+            syslog.warning("response translation failed", rid=st.rid, error=repr(exc))
+            out = error_body(
+                "The upstream provider returned a malformed response",
+                "api_error",
+                "bad_upstream_response",
+            )
+            if not handler.streaming:
+                extra_headers.append(_hv(":status", b"502"))
+                st.status = 502
+        if msg.end_of_stream:
+            self._finish(st)
+        if out is None:
+            return pb.ProcessingResponse(response_body=pb.BodyResponse())
+        mutation = pb.BodyMutation(body=out) if out else pb.BodyMutation(clear_body=True)
+        return pb.ProcessingResponse(
+            response_body=pb.BodyResponse(
+                response=pb.CommonResponse(
+                    body_mutation=mutation,
+                    header_mutation=pb.HeaderMutation(set_headers=extra_headers)
+                    if extra_headers
+                    else None,
+                )
+            )
+        )
+
+    # -- translate phase --------------------------------------------------------------------
+    def _attempt(self, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
+        attrs = req.attributes.get(_ATTR_NS)
+        cluster = attrs.fields["xds.cluster_name"].string_value if attrs else ""
+        rid = ""
+        for h in req.request_headers.headers.headers:
+            if h.key == RID_HEADER:
+                rid = (h.raw_value or h.value.encode()).decode()
+                break
+        st = self.inflight.get(rid)
+        if st is None:
+            return _error(
+                500, "Request state not found for this attempt", "api_error", "internal_error"
+            )
+        backend = next((b for b in st.candidates if b.cluster == cluster), None)
+        if backend is None:
+            backend = self.routing.routes.clusters.get(cluster)
+        if backend is None:
+            return _error(502, f"No backend for cluster {cluster}", "api_error", "no_backend")
+        st.attempts += 1
+        st.backend = backend
+        built = st.sent_cache.get(cluster)
+        if built is None:
+            try:
+                built = ADAPTERS[backend.provider.kind].request(st.body, backend)
+            except TranslationError as exc:
+                return _immediate(exc.status, exc.body(), "translation_error")
+            st.sent_cache[cluster] = built
+        path, body, headers = built
+        set_headers = [
+            _hv(":path", path),
+            _hv(":authority", backend.provider.authority),
+            _hv("content-length", str(len(body)).encode()),
+            *(_hv(k, v) for k, v in headers),
+            *(_hv(k, v.encode()) for k, v in backend.provider.headers),
+        ]
+        return pb.ProcessingResponse(
+            request_headers=pb.HeadersResponse(
+                response=pb.CommonResponse(
+                    status=pb.CommonResponse.CONTINUE_AND_REPLACE,
+                    header_mutation=pb.HeaderMutation(
+                        set_headers=set_headers, remove_headers=_STRIP_UPSTREAM
+                    ),
+                    body_mutation=pb.BodyMutation(body=body),
+                )
+            )
+        )
+
+    # -- accounting -------------------------------------------------------------------------
+    def _finish(self, st: RequestState, outcome: str = "completed") -> None:
+        st.logged = True
+        now = time.monotonic()
+        backend = st.backend
+        usage = st.handler.usage if st.handler else None
+        prompt, completion = usage if usage else (0, 0)
+        cost = 0.0
+        if backend is not None and usage:
+            cost = (prompt * backend.price_input + completion * backend.price_output) / 1e6
+        label = backend.label if backend else "-"
+        latency = now - st.t0
+        ttft = (st.t_first - st.t0) if st.t_first is not None else None
+        metrics.observe(st.model, label, st.status, latency, ttft, prompt, completion, cost)
+        log.info(
+            "request",
+            rid=st.rid,
+            model=st.model,
+            backend=label,
+            status=st.status,
+            stream=st.stream,
+            attempts=st.attempts,
+            outcome=outcome,
+            latency_ms=round(latency * 1000, 1),
+            ttft_ms=round(ttft * 1000, 1) if ttft is not None else None,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=round(cost, 8),
+        )
+
+
+class _EnvoyErrorHandler:
+    """Turns Envoy's plain-text local replies into OpenAI error objects."""
+
+    streaming = False
+    rewrites = True
+    content_type = b"application/json"
+    usage = None
+
+    _CODES = {502: "upstream_error", 503: "upstream_unavailable", 504: "upstream_timeout"}
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self._parts: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._parts.append(chunk)
+        return b""
+
+    def finish(self) -> bytes:
+        body = b"".join(self._parts)
+        if self.status < 400:
+            return body
+        if body[:1] == b"{":
+            return body  # already JSON (our own direct responses)
+        text = body.decode("utf-8", "replace")[:300] or f"HTTP {self.status}"
+        return error_body(
+            f"Gateway error: {text}", "api_error", self._CODES.get(self.status, "gateway_error")
+        )
+
+
+def _check_chat(body: Any) -> tuple[str | None, str] | None:
+    """Cheap structural checks of an OpenAI chat request: (param, message) or None if fine."""
+    if not isinstance(body, dict):
+        return None, "Request body must be a JSON object"
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return "model", "Missing required parameter: 'model'"
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "messages", "'messages' must be a non-empty array"
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            return f"messages[{i}]", f"messages[{i}] must be an object with a 'role'"
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        return "stream", "'stream' must be a boolean"
+    return None
+
+
+async def serve(
+    address: str, port: int, control_plane: str, metrics_port: int, node_id: str
+) -> None:
+    routing = RoutingClient(control_plane, node_id)
+    watcher = asyncio.create_task(routing.run())
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_concurrent_streams", 100_000),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
+    )
+    processor = ExternalProcessor(routing)
+    pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    bound = server.add_insecure_port(f"{address}:{port}")
+    await server.start()
+    http = await metrics.start_http(address, metrics_port, routing)
+    syslog.info(
+        "ext_proc listening",
+        address=address,
+        port=bound,
+        control_plane=control_plane,
+        metrics_port=metrics_port,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    watcher.cancel()
+    await server.stop(grace=2)
+    await http.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from control_plane.logs import configure_logging
+
+    parser = argparse.ArgumentParser(prog="switchyard ext-proc")
+    parser.add_argument("--address", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18081)
+    parser.add_argument("--control-plane", default="127.0.0.1:18000")
+    parser.add_argument("--metrics-port", type=int, default=9464)
+    parser.add_argument("--node-id", default=f"ext-proc-{os.getpid()}")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level)
+    import uvloop
+
+    uvloop.run(serve(args.address, args.port, args.control_plane, args.metrics_port, args.node_id))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""The ext_proc's view of the routing table: plain, immutable lookups built once per update.
+
+The protobuf table from the control plane is turned into slotted objects and dicts so the
+request path does a dict lookup, never a protobuf field walk. Tables are swapped atomically;
+a request keeps the backend objects it started with even if a reload removes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from protos import routing_pb2, routing_pb2_grpc
+
+log = structlog.get_logger("switchyard.ext_proc.table")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderInfo:
+    name: str
+    kind: str
+    authority: bytes
+    path_prefix: str
+    api_key: str
+    headers: tuple[tuple[str, str], ...]
+    options: dict[str, str]
+
+    def __repr__(self) -> str:  # never print the key
+        return f"ProviderInfo(name={self.name!r}, kind={self.kind!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    cluster: str
+    provider: ProviderInfo
+    model: str
+    price_input: float
+    price_output: float
+    context_window: int
+    #: "provider/model", for logs, metrics and the x-switchyard-backend header.
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    version: str
+    models: dict[str, tuple[BackendInfo, ...]]
+    clusters: dict[str, BackendInfo]
+
+    @classmethod
+    def from_proto(cls, table: routing_pb2.RoutingTable) -> Routes:
+        providers = {
+            p.name: ProviderInfo(
+                name=p.name,
+                kind=p.kind,
+                authority=p.host.encode(),
+                path_prefix=p.path_prefix,
+                api_key=p.api_key,
+                headers=tuple(sorted(p.headers.items())),
+                options=dict(p.options),
+            )
+            for p in table.providers
+        }
+        clusters = {
+            b.cluster: BackendInfo(
+                cluster=b.cluster,
+                provider=providers[b.provider],
+                model=b.model,
+                price_input=b.price_input,
+                price_output=b.price_output,
+                context_window=b.context_window,
+                label=f"{b.provider}/{b.model}",
+            )
+            for b in table.backends
+        }
+        models = {m.name: tuple(clusters[c] for c in m.backends) for m in table.models}
+        return cls(version=table.version, models=models, clusters=clusters)
+
+
+EMPTY = Routes(version="", models={}, clusters={})
+
+
+class RoutingClient:
+    """Watches the control plane's RoutingTable stream and keeps `routes` current."""
+
+    def __init__(self, target: str, node_id: str) -> None:
+        self.target = target
+        self.node_id = node_id
+        self.routes: Routes = EMPTY
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.target) as channel:
+                    stub = routing_pb2_grpc.RoutingServiceStub(channel)
+                    stream = stub.Watch(routing_pb2.WatchRequest(node_id=self.node_id))
+                    async for table in stream:
+                        self.routes = Routes.from_proto(table)
+                        self.ready.set()
+                        backoff = 0.1
+                        log.info(
+                            "routing table updated",
+                            version=table.version,
+                            models=sorted(self.routes.models),
+                        )
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning(
+                    "routing table stream lost; keeping last table",
+                    code=str(exc.code()),
+                    retry_in_s=backoff,
+                )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)

@@ -1,0 +1,187 @@
+"""OpenAI chat completions: the canonical schema, so this is the same-schema pass-through.
+
+Requests only get the upstream model name and, when streaming, `include_usage` (the gateway
+needs token counts). Streams are relayed byte for byte; the one frame the gateway added (the
+usage-only chunk the client did not ask for) is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .sse import SSEEvent, SSEParser, parse_frame
+
+__all__ = [
+    "StreamRelay",
+    "TranslationError",
+    "client_wants_usage",
+    "error_body",
+    "error_event",
+    "request_to_backend",
+    "rewrite_model",
+    "usage_of",
+]
+
+DONE_FRAME = b"data: [DONE]\n\n"
+
+
+class TranslationError(Exception):
+    """A request the target schema cannot express; becomes an OpenAI-style 4xx for the client."""
+
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        status: int = 400,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+        self.code = code
+
+    def body(self) -> bytes:
+        """The OpenAI error body to send the client."""
+        return error_body(self.message, code=self.code, param=self.param)
+
+
+def error_object(
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> dict[str, Any]:
+    """The inner OpenAI error object (also what goes in a streamed error chunk)."""
+    return {"message": message, "type": type_, "param": param, "code": code}
+
+
+def error_body(
+    message: str,
+    type_: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+) -> bytes:
+    """OpenAI error JSON; the openai SDK reads message/type/param/code from it."""
+    return orjson.dumps({"error": error_object(message, type_, code, param)})
+
+
+def error_event(
+    message: str,
+    type_: str = "api_error",
+    code: str | None = None,
+) -> bytes:
+    """An in-stream error frame plus [DONE]: the openai SDK raises APIError on it."""
+    return b"data: " + error_body(message, type_, code) + b"\n\n" + DONE_FRAME
+
+
+def client_wants_usage(req: dict[str, Any]) -> bool:
+    """Whether the client itself asked for the streamed usage chunk (read before forwarding)."""
+    so = req.get("stream_options")
+    return isinstance(so, dict) and bool(so.get("include_usage"))
+
+
+def request_to_backend(req: dict[str, Any], upstream_model: str) -> bytes:
+    """Forward the request with the upstream model name; streams always ask for usage."""
+    out = dict(req)
+    out["model"] = upstream_model
+    if out.get("stream"):
+        so = out.get("stream_options")
+        so = dict(so) if isinstance(so, dict) else {}
+        so["include_usage"] = True
+        out["stream_options"] = so
+    return orjson.dumps(out)
+
+
+def usage_of(resp: dict[str, Any]) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) of a response or chunk, None if it has no usage."""
+    u = resp.get("usage")
+    if not isinstance(u, dict):
+        return None
+    p = u.get("prompt_tokens")
+    c = u.get("completion_tokens")
+    if not isinstance(p, int) and not isinstance(c, int):
+        return None
+    return (p if isinstance(p, int) else 0, c if isinstance(c, int) else 0)
+
+
+def rewrite_model(resp: dict[str, Any], alias: str) -> None:
+    """Show the client the model name it asked for, not the upstream's."""
+    if "model" in resp:
+        resp["model"] = alias
+
+
+class StreamRelay:
+    """Relay an upstream OpenAI SSE stream, noting usage, [DONE] and in-stream errors.
+
+    When the client asked for usage the bytes pass through untouched and at once; otherwise
+    frames are held until complete so the injected usage-only chunk can be dropped.
+    """
+
+    __slots__ = ("_parser", "_wants_usage", "error", "saw_done", "usage")
+
+    def __init__(self, client_wants_usage: bool) -> None:
+        self._parser = SSEParser()
+        self._wants_usage = client_wants_usage
+        self.usage: tuple[int, int] | None = None
+        self.saw_done = False
+        self.error: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Return the bytes to send downstream for this upstream chunk."""
+        frames = self._parser.feed_frames(chunk)
+        if self._wants_usage:
+            for _, ev in frames:
+                if ev is not None:
+                    self._inspect(ev)
+            return chunk
+        out: list[bytes] = []
+        dropped = False
+        for raw, ev in frames:
+            if ev is not None and self._inspect(ev):
+                dropped = True
+            else:
+                out.append(raw)
+        if not dropped and len(out) == 1:
+            return out[0]
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """Flush an unterminated last frame (inspected leniently, as if it had ended)."""
+        rest = self._parser.take_pending()
+        if not rest:
+            return b""
+        ev = parse_frame(rest)
+        drop = ev is not None and self._inspect(ev)
+        if self._wants_usage or drop:
+            return b""
+        return rest
+
+    def _inspect(self, ev: SSEEvent) -> bool:
+        """Record what the event tells us; True if it is a usage-only chunk to drop."""
+        data = ev.data
+        if data == b"[DONE]":
+            self.saw_done = True
+            return False
+        # Cheap substring tests first: most chunks are content deltas we need not parse.
+        # Inside a JSON string a quote is escaped, so b'"usage"' only matches a key.
+        has_usage = b'"usage"' in data
+        if not has_usage and b'"error"' not in data:
+            return False
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(obj, dict):
+            return False
+        err = obj.get("error")
+        if isinstance(err, dict):
+            self.error = err
+        if has_usage:
+            u = usage_of(obj)
+            if u is not None:
+                self.usage = u
+                return not self._wants_usage and obj.get("choices") == []
+        return False

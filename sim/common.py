@@ -1,0 +1,471 @@
+"""Shared machinery of the provider simulators: options, recording, faults, replies, SSE.
+
+Each provider kind (``sim/openai.py``, ``sim/anthropic.py``, ...) is one ``Provider`` subclass
+that only knows its wire format; timing, fault injection and recording live here so every kind
+behaves the same under test and benchmark.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import os
+import random
+import socket
+import struct
+import time
+import types
+import typing
+import zlib
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+import orjson
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BodyHandler = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
+
+MAX_RECORDS: Final = 10_000
+_JSON_HEADERS: Final = {"Content-Type": "application/json"}
+_SSE_HEADERS: Final = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+}
+# Filler words that pad replies to their deterministic length.
+_FILLER: Final = (
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+    "incididunt",
+    "ut",
+    "labore",
+    "et",
+    "dolore",
+    "magna",
+    "aliqua",
+)
+_QUOTED_WORDS: Final = 8
+
+
+@dataclass
+class SimOptions:
+    """Latency and fault knobs; all faults are off by default and changeable at run time."""
+
+    ttft_ms: float = 20.0
+    tokens_per_s: float = 200.0
+    # Fraction of generation requests answered with `error_status` in the provider's format.
+    error_rate: float = 0.0
+    error_status: int = 500
+    # Answer every generation request 429 with `retry-after: <retry_after_s>`.
+    rate_limit: bool = False
+    retry_after_s: int = 1
+    # Accept the request and never answer until the client goes away.
+    hang: bool = False
+    # Streams only: abort the TCP connection (RST) after this many SSE events were sent.
+    reset_after_chunks: int | None = None
+    # Overrides ttft_ms, to make one provider slow without changing the default.
+    slow_first_token_ms: float | None = None
+    # Fixed reply length in tokens; None derives it (24..48) from the prompt.
+    reply_tokens: int | None = None
+    # How many requests /_sim/requests keeps; 0 turns recording off (long benchmarks).
+    record_limit: int = MAX_RECORDS
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.ttft_ms >= 0, "ttft_ms must be >= 0"),
+            (0.0 <= self.error_rate <= 1.0, "error_rate must be in [0, 1]"),
+            (400 <= self.error_status <= 599, "error_status must be in [400, 599]"),
+            (self.retry_after_s >= 0, "retry_after_s must be >= 0"),
+            (
+                self.reset_after_chunks is None or self.reset_after_chunks >= 0,
+                "reset_after_chunks must be >= 0",
+            ),
+            (
+                self.slow_first_token_ms is None or self.slow_first_token_ms >= 0,
+                "slow_first_token_ms must be >= 0",
+            ),
+            (self.reply_tokens is None or self.reply_tokens >= 1, "reply_tokens must be >= 1"),
+            (self.record_limit >= 0, "record_limit must be >= 0"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def first_token_ms(self) -> float:
+        """Delay before the first byte of an answer."""
+        return self.ttft_ms if self.slow_first_token_ms is None else self.slow_first_token_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def patched(self, patch: Mapping[str, Any]) -> "SimOptions":
+        """Return a copy with `patch` applied; raise ValueError on unknown fields or bad types."""
+        hints = typing.get_type_hints(SimOptions)
+        changes: dict[str, Any] = {}
+        for key, value in patch.items():
+            if key not in hints:
+                raise ValueError(f"unknown option {key!r}")
+            changes[key] = _coerce(key, hints[key], value)
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Type-check one JSON value against a SimOptions field annotation."""
+    args = typing.get_args(hint)
+    optional = isinstance(hint, types.UnionType) and type(None) in args
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if value is None:
+        ok = optional
+    elif base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = is_number and isinstance(value, int)
+    elif base is float:
+        ok = is_number
+    else:
+        ok = False
+    if not ok:
+        raise ValueError(f"option {key!r} must be {hint}, got {value!r}")
+    return float(value) if base is float and value is not None else value
+
+
+class _InvalidJSON:
+    """Marks a body that is not JSON; the handler answers 400 in its provider's format."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "INVALID_JSON"
+
+
+INVALID_JSON: Final = _InvalidJSON()
+
+
+def parse_body(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return INVALID_JSON
+
+
+class SimState:
+    """Everything one simulated provider shares between requests."""
+
+    def __init__(self, kind: str, name: str, options: SimOptions, require_key: str | None) -> None:
+        self.kind = kind
+        self.name = name
+        self.initial_options = options
+        self.options = options
+        self.require_key = require_key
+        self.records: deque[dict[str, Any]] = deque(maxlen=options.record_limit)
+        self.closing = False
+        self.hanging = 0
+        self._id_prefix = os.urandom(4).hex()
+        self._ids = itertools.count(1)
+
+    def set_options(self, options: SimOptions) -> None:
+        """Swap options atomically; in-flight requests keep the snapshot they started with."""
+        if options.record_limit != self.records.maxlen:
+            self.records = deque(self.records, maxlen=options.record_limit)
+        self.options = options
+
+    def new_id(self) -> str:
+        """Unique, cheap id suffix (no per-request randomness)."""
+        return f"sim{self._id_prefix}{next(self._ids):010x}"
+
+    def record(self, request: web.Request, raw: bytes, body: Any) -> None:
+        if not self.records.maxlen:
+            return
+        if body is INVALID_JSON:
+            body = raw.decode("utf-8", "replace") if raw else None
+        self.records.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "body": body,
+                "time": time.time(),
+            }
+        )
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """JSON answer without aiohttp's content-type parsing (hot path)."""
+    all_headers = _JSON_HEADERS if headers is None else {**_JSON_HEADERS, **headers}
+    return web.Response(body=orjson.dumps(obj), status=status, headers=all_headers)
+
+
+# --- replies -------------------------------------------------------------------------------
+
+
+def content_text(content: Any) -> str:
+    """Plain text of a message content: a string, or the text of a list of blocks/parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for block in content:
+            if isinstance(block, dict):
+                text = block.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+                elif "content" in block:  # Anthropic tool_result
+                    parts.append(content_text(block["content"]))
+            elif isinstance(block, str):
+                parts.append(block)
+        return " ".join(parts)
+    return ""
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+@dataclass(slots=True)
+class Completion:
+    """A deterministic answer: tokens are whitespace-separated words."""
+
+    words: list[str]
+    truncated: bool
+    prompt_tokens: int
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.words)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+    def deltas(self) -> Iterable[str]:
+        """Streamed pieces whose concatenation is `text`."""
+        for i, word in enumerate(self.words):
+            yield word if i == 0 else " " + word
+
+
+def make_completion(
+    name: str,
+    last_user_text: str,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    reply_tokens: int | None,
+) -> Completion:
+    """Reply derived only from the prompt, so tests can predict it."""
+    quoted = last_user_text.split(maxsplit=_QUOTED_WORDS)[:_QUOTED_WORDS] or ["(no", "text)"]
+    words = ["Simulated", "reply", "from", *name.split(), "to:", *quoted]
+    if reply_tokens is None:
+        reply_tokens = 24 + zlib.crc32(last_user_text.encode("utf-8", "replace")) % 25
+    if len(words) >= reply_tokens:
+        del words[reply_tokens:]
+    else:
+        need = reply_tokens - len(words)
+        words.extend(_FILLER[i % len(_FILLER)] for i in range(need))
+    truncated = max_tokens is not None and max_tokens < len(words)
+    if truncated:
+        del words[typing.cast(int, max_tokens) :]
+    return Completion(words, truncated, prompt_tokens)
+
+
+# --- connections ---------------------------------------------------------------------------
+
+
+class StreamAborted(Exception):
+    """The stream was cut on purpose (fault or shutdown); the handler just returns."""
+
+
+async def reset_connection(request: web.Request) -> None:
+    """Flush what was written, then close with RST like a crashed upstream."""
+    transport = request.transport
+    if transport is None:
+        return
+    for _ in range(100):
+        if transport.is_closing() or transport.get_write_buffer_size() == 0:
+            break
+        await asyncio.sleep(0.001)
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+class Pacer:
+    """Spaces tokens at a fixed rate against an absolute schedule (no drift)."""
+
+    __slots__ = ("_interval", "_n", "_start")
+
+    def __init__(self, tokens_per_s: float) -> None:
+        self._interval = 1.0 / tokens_per_s if tokens_per_s > 0 else 0.0
+        self._start = asyncio.get_running_loop().time()
+        self._n = 0
+
+    async def next(self) -> None:
+        self._n += 1
+        if not self._interval:
+            if self._n % 32 == 0:  # let other requests run during long undelayed streams
+                await asyncio.sleep(0)
+            return
+        delay = self._start + self._n * self._interval - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+# --- providers -----------------------------------------------------------------------------
+
+
+class Provider(ABC):
+    """One provider kind: its routes, auth and error format; the rest is shared."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, state: SimState) -> None:
+        self.state = state
+
+    @abstractmethod
+    def routes(self) -> list[tuple[str, str, BodyHandler]]:
+        """(method, path, handler) of the provider's API."""
+
+    @abstractmethod
+    def error(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> web.Response:
+        """An error in the provider's own wire format."""
+
+    async def not_found(self, request: web.Request, body: Any) -> web.StreamResponse:
+        return self.error(404, f"Invalid URL ({request.method} {request.path})")
+
+    def endpoint(self, handler: BodyHandler) -> Handler:
+        """Read, parse and record the body once, then call `handler(request, body)`."""
+        state = self.state
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            raw = await request.read()
+            body = parse_body(raw) if raw else INVALID_JSON
+            state.record(request, raw, body)
+            return await handler(request, body)
+
+        return handle
+
+    async def faults(self, request: web.Request) -> web.StreamResponse | None:
+        """The fault answer for this request, or None to serve it normally."""
+        opts = self.state.options
+        if opts.hang:
+            return await self._hang(request)
+        if opts.rate_limit:
+            return self.error(
+                429,
+                "Rate limit exceeded (simulated). Please retry after "
+                f"{opts.retry_after_s} seconds.",
+                headers={"retry-after": str(opts.retry_after_s)},
+            )
+        if opts.error_rate > 0 and (opts.error_rate >= 1 or random.random() < opts.error_rate):
+            return self.error(
+                opts.error_status, f"The server had an error (simulated {opts.error_status})."
+            )
+        return None
+
+    async def _hang(self, request: web.Request) -> web.StreamResponse:
+        """Hold the request until the client disconnects or the simulator shuts down."""
+        state = self.state
+        state.hanging += 1
+        try:
+            while not state.closing and not client_gone(request):
+                await asyncio.sleep(0.02)
+        finally:
+            state.hanging -= 1
+        await reset_connection(request)
+        return web.Response(status=499)
+
+    async def reply(self, request: web.Request, obj: Any) -> web.StreamResponse:
+        """Non-streaming answer after the first-token delay (no sleep when it is 0)."""
+        delay = self.state.options.first_token_ms
+        if delay > 0:
+            await asyncio.sleep(delay / 1000.0)
+        return json_response(obj, headers=self.response_headers())
+
+    def response_headers(self) -> dict[str, str]:
+        """Headers every answer carries (request ids and the like)."""
+        return {}
+
+    def completion(self, last_user: str, prompt_tokens: int, max_tokens: int | None) -> Completion:
+        return make_completion(
+            self.state.name, last_user, prompt_tokens, max_tokens, self.state.options.reply_tokens
+        )
+
+    async def stream(
+        self,
+        request: web.Request,
+        preamble: Iterable[bytes],
+        tokens: Iterable[bytes],
+        epilogue: Iterable[bytes],
+    ) -> web.StreamResponse:
+        """Send SSE events: preamble and first token after TTFT, then tokens at tokens_per_s.
+
+        Each item is one event ("chunk") for `reset_after_chunks`.
+        """
+        opts = self.state.options
+        state = self.state
+        if opts.first_token_ms > 0:
+            await asyncio.sleep(opts.first_token_ms / 1000.0)
+        resp = web.StreamResponse(headers={**_SSE_HEADERS, **self.response_headers()})
+        limit = opts.reset_after_chunks
+        sent = 0
+
+        async def send(chunk: bytes) -> None:
+            nonlocal sent
+            if state.closing:
+                raise StreamAborted
+            await resp.write(chunk)
+            sent += 1
+            if sent == limit:
+                await reset_connection(request)
+                raise StreamAborted
+
+        try:
+            await resp.prepare(request)
+            if limit == 0:
+                await reset_connection(request)
+                raise StreamAborted
+            for chunk in preamble:
+                await send(chunk)
+            pacer = Pacer(opts.tokens_per_s)
+            for i, chunk in enumerate(tokens):
+                if i:
+                    await pacer.next()
+                await send(chunk)
+            for chunk in epilogue:
+                await send(chunk)
+            await resp.write_eof()
+        except (StreamAborted, ConnectionError):
+            if not client_gone(request):
+                await reset_connection(request)
+        return resp
