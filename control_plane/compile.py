@@ -52,7 +52,8 @@ MODELS_PATH = "/v1/models"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-_EXT_PROC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+_EXT_PROC_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute")
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provid
             "provider": provider_name, "kind": provider.kind, "model": backend.model}}},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                         "HttpProtocolOptions",
                 **protocol,
                 "http_filters": [
                     _upstream_ext_proc(cfg),

@@ -52,7 +52,7 @@ class SecretRef(_Strict):
 
 
 class Simulate(_Strict):
-    """Run this provider on the built-in simulator (`switchyard up` starts it on base_url's port)."""
+    """Serve this provider from the built-in simulator (`switchyard up` starts it on base_url)."""
 
     ttft_ms: float = Field(default=20.0, ge=0)
     tokens_per_s: float = Field(default=200.0, ge=0)
@@ -235,7 +235,9 @@ def parse_config(text: str, file: str = "<config>") -> GatewayConfig:
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        errors = exc.errors(include_url=False)
+        # A typo'd key also makes the real key "missing": the unknown key is the better hint.
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, _RefError):
             loc: tuple[Any, ...] = ctx_error.loc

@@ -46,7 +46,7 @@ class RoutingService(routing_pb2_grpc.RoutingServiceServicer):
         self._store = store
         self.watchers = 0
 
-    async def Watch(  # noqa: N802 (gRPC method name)
+    async def Watch(
         self, request: routing_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[routing_pb2.RoutingTable]:
         self.watchers += 1

@@ -53,7 +53,8 @@ class ControlPlane:
         """Load, validate and compile the file; publish if good. True if a new snapshot went out."""
         read = self._read()
         if read is None:
-            log.error("config file unreadable; keeping last good config", file=str(self.config_path))
+            log.error("config file unreadable; keeping last good config",
+                      file=str(self.config_path))
             return False
         digest, _ = read
         self._digest = digest

@@ -101,7 +101,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._ids = itertools.count(1)
         self._nonces = itertools.count(1)
 
-    async def StreamAggregatedResources(  # noqa: N802 (gRPC method name)
+    async def StreamAggregatedResources(
         self, request_iterator: object, context: grpc.aio.ServicerContext
     ) -> None:
         stream_id = next(self._ids)

@@ -21,12 +21,19 @@ Headers = list[tuple[str, bytes]]
 class ResponseHandler(Protocol):
     """Reads one response body (buffered or streamed) and returns what the client gets."""
 
-    #: True: body arrives chunk by chunk (SSE); False: buffered whole.
-    streaming: bool
-    #: False: the body passes through untouched (we only read it).
-    rewrites: bool
-    content_type: bytes | None
-    usage: tuple[int, int] | None
+    @property
+    def streaming(self) -> bool:
+        """True: body arrives chunk by chunk (SSE); False: buffered whole."""
+
+    @property
+    def rewrites(self) -> bool:
+        """False: the body passes through untouched (we only read it)."""
+
+    @property
+    def content_type(self) -> bytes | None: ...
+
+    @property
+    def usage(self) -> tuple[int, int] | None: ...
 
     def feed(self, chunk: bytes) -> bytes | None: ...
 

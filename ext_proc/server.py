@@ -24,7 +24,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 import orjson
@@ -151,7 +151,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self._prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
 
     # -- gRPC entry point -------------------------------------------------------------------
-    async def Process(  # noqa: N802 (gRPC method name)
+    async def Process(
         self,
         request_iterator: AsyncIterator[pb.ProcessingRequest],
         context: grpc.aio.ServicerContext,
@@ -407,7 +407,8 @@ class _EnvoyErrorHandler:
     content_type = b"application/json"
     usage = None
 
-    _CODES = {502: "upstream_error", 503: "upstream_unavailable", 504: "upstream_timeout"}
+    _CODES: ClassVar[dict[int, str]] = {
+        502: "upstream_error", 503: "upstream_unavailable", 504: "upstream_timeout"}
 
     def __init__(self, status: int) -> None:
         self.status = status

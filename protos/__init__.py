@@ -13,7 +13,8 @@ _HERE = Path(__file__).resolve().parent
 
 
 def _stale(proto: Path) -> bool:
-    outputs = [proto.with_name(proto.stem + "_pb2.py"), proto.with_name(proto.stem + "_pb2_grpc.py")]
+    outputs = [proto.with_name(proto.stem + suffix)
+               for suffix in ("_pb2.py", "_pb2_grpc.py", "_pb2.pyi")]
     return any(not o.exists() or o.stat().st_mtime < proto.stat().st_mtime for o in outputs)
 
 
@@ -34,6 +35,7 @@ def build(force: bool = False) -> None:
             f"-I{include}",
             f"--python_out={root}",
             f"--grpc_python_out={root}",
+            f"--pyi_out={root}",
             str(proto.relative_to(root)),
         ]
         if protoc.main(args) != 0:

@@ -1,6 +1,7 @@
 """Provider simulator, driven by the official OpenAI and Anthropic SDKs over real HTTP."""
 
 import asyncio
+import contextlib
 import importlib
 import time
 from collections.abc import AsyncIterator
@@ -26,10 +27,8 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
         anthropic.APIConnectionError,
         httpx.TransportError,
     ]
-    try:  # newer SDKs read through httpx2
+    with contextlib.suppress(ImportError):  # newer SDKs read through httpx2
         errors.append(importlib.import_module("httpx2").TransportError)
-    except ImportError:
-        pass
     return tuple(errors)
 
 
@@ -60,21 +59,15 @@ def _reset(request: pytest.FixtureRequest) -> None:
             runner.state.records.clear()
 
 
-def oai_client(runner: SimRunner, **kwargs: object) -> openai.AsyncOpenAI:
+def oai_client(runner: SimRunner, timeout: float = 30.0) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
-        base_url=runner.base_url + "/v1",
-        api_key=KEY,
-        max_retries=0,
-        **kwargs,  # type: ignore[arg-type]
+        base_url=runner.base_url + "/v1", api_key=KEY, max_retries=0, timeout=timeout
     )
 
 
-def ant_client(runner: SimRunner, **kwargs: object) -> anthropic.AsyncAnthropic:
+def ant_client(runner: SimRunner, timeout: float = 30.0) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(
-        base_url=runner.base_url,
-        api_key=KEY,
-        max_retries=0,
-        **kwargs,  # type: ignore[arg-type]
+        base_url=runner.base_url, api_key=KEY, max_retries=0, timeout=timeout
     )
 
 
@@ -518,8 +511,8 @@ async def test_reset_after_chunks_breaks_stream(oai_sim: SimRunner, ant_sim: Sim
     with pytest.raises(TRANSPORT_ERRORS):
         async with ant_client(ant_sim).messages.stream(
             model="c", max_tokens=100, messages=[{"role": "user", "content": USER_TEXT}]
-        ) as stream:
-            async for event in stream:
+        ) as ant_stream:
+            async for event in ant_stream:
                 deltas += event.type == "content_block_delta"
     assert deltas == 2  # message_start, content_block_start, ping, 2 deltas
 

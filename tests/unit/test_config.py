@@ -1,0 +1,95 @@
+"""Config validation: every error names file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from control_plane.config import ConfigError, default_config_path, load_config, parse_config
+
+GOOD = """\
+listen: {address: 127.0.0.1, port: 8080}
+providers:
+  p1: {kind: openai, base_url: "http://127.0.0.1:8101", api_key: {env: SY_TEST_KEY}}
+  p2: {kind: anthropic, base_url: "https://api.anthropic.com"}
+models:
+  m1:
+    backends:
+      - {provider: p1, model: gpt-4o-mini, price: {input: 0.15, output: 0.6}, context_window: 128000}
+      - {provider: p2, model: claude-3-5-haiku-latest}
+"""
+
+
+def _err(text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(text, "cfg.yaml")
+    return exc.value
+
+
+def test_good_config_parses() -> None:
+    cfg = parse_config(GOOD, "cfg.yaml")
+    assert [b.provider for b in cfg.models["m1"].backends] == ["p1", "p2"]
+    assert cfg.providers["p2"].tls and cfg.providers["p2"].port == 443
+    assert cfg.listen.port == 8080 and cfg.admin.port == 9901
+
+
+def test_embedded_default_is_valid() -> None:
+    cfg = load_config(default_config_path())
+    assert set(cfg.models) == {"gpt-sim", "claude-sim"}
+    assert all(p.simulate for p in cfg.providers.values())
+
+
+@pytest.mark.parametrize(("text", "line", "field", "needle"), [
+    (GOOD.replace("port: 8080}", "port: 8080, bogus: 1}"), 1, "listen.bogus", "unknown key"),
+    (GOOD.replace("kind: anthropic", "kind: nope"), 4, "providers.p2.kind", "openai"),
+    (GOOD.replace("provider: p2", "provider: p9"), 9, "models.m1.backends[1].provider",
+     "unknown provider 'p9'"),
+    (GOOD.replace("input: 0.15", "input: -1"), 8, "models.m1.backends[0].price.input",
+     "greater than or equal"),
+    (GOOD.replace("context_window: 128000", "context_window: lots"), 8,
+     "models.m1.backends[0].context_window", "integer"),
+    (GOOD.replace("https://api.anthropic.com", "ftp://x"), 4, "providers.p2", "http(s) URL"),
+    (GOOD.replace("{env: SY_TEST_KEY}", "{}"), 3, "providers.p1.api_key", "exactly one"),
+    (GOOD.replace("    backends:\n", "    backendz:\n"), 7, "models.m1.backendz", "unknown key"),
+    (GOOD + "  m1:\n    backends: []\n", 10, "models.m1", "duplicate key"),
+    (GOOD.replace("models:", "models: [").replace("m1:", "m1"), None, "", "YAML syntax error"),
+])
+def test_errors_name_file_line_field(text: str, line: int | None, field: str,
+                                     needle: str) -> None:
+    err = _err(text)
+    assert err.file == "cfg.yaml"
+    if line is not None:
+        assert err.line == line
+    assert err.field == field
+    assert needle in err.message
+    assert str(err).startswith("cfg.yaml:")
+
+
+def test_missing_required_fields() -> None:
+    err = _err("listen: {port: 1}\n")
+    assert err.field == "providers" and "required" in err.message
+    err = _err(GOOD.replace("model: gpt-4o-mini, ", ""))
+    assert err.field == "models.m1.backends[0].model" and err.line == 8
+
+
+def test_top_level_must_be_mapping() -> None:
+    assert "mapping" in _err("- a\n- b\n").message
+
+
+def test_secret_from_env_and_never_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = parse_config(GOOD.replace("{env: SY_TEST_KEY}", '{value: "sk-very-secret"}'))
+    key = cfg.providers["p1"].api_key
+    assert key is not None and key.resolve() == "sk-very-secret"
+    assert "sk-very-secret" not in repr(cfg) and "sk-very-secret" not in str(cfg)
+    cfg = parse_config(GOOD)
+    monkeypatch.delenv("SY_TEST_KEY", raising=False)
+    assert cfg.providers["p1"].api_key.resolve() is None  # type: ignore[union-attr]
+    monkeypatch.setenv("SY_TEST_KEY", "from-env")
+    assert cfg.providers["p1"].api_key.resolve() == "from-env"  # type: ignore[union-attr]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path / "missing.yaml")
+    assert "cannot read config" in str(exc.value)
