@@ -304,7 +304,7 @@ def _authority(provider: Provider) -> str:
     return provider.host if provider.port == default else f"{provider.host}:{provider.port}"
 
 
-def _digest(messages: Iterable[Message]) -> str:
+def digest(messages: Iterable[Message]) -> str:
     h = hashlib.sha256()
     for m in messages:
         h.update(m.SerializeToString(deterministic=True))
@@ -326,7 +326,7 @@ def compile_config(cfg: GatewayConfig) -> Snapshot:
     routes = (json_format.ParseDict(_routes(cfg), route_pb2.RouteConfiguration()),)
     resources: dict[str, tuple[Message, ...]] = {
         CLUSTER_TYPE: clusters, LISTENER_TYPE: listeners, ROUTE_TYPE: routes}
-    versions = {t: _digest(r) for t, r in resources.items()}
+    versions = {t: digest(r) for t, r in resources.items()}
     routing = _routing_table(cfg, backends)
     h = hashlib.sha256("".join(versions[t] for t in PUSH_ORDER).encode())
     h.update(routing.SerializeToString(deterministic=True))

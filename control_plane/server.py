@@ -4,21 +4,26 @@ A config change is loaded, validated and compiled whole; any error is logged wit
 and the last good snapshot keeps serving. A good snapshot is published in a safe order:
 Envoy gets the new clusters first (we wait for every Envoy's CDS ACK, bounded), then ext_proc
 gets the routing table that names them, so no request is routed to a cluster Envoy lacks.
+Clusters a reload removes linger in Envoy for `RETIRED_CLUSTER_TTL_S`: requests (and their
+retries) that were routed by the previous table still find them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import signal
+import time
 from pathlib import Path
 
 import grpc
 import structlog
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from google.protobuf.message import Message
 
-from control_plane.compile import CLUSTER_TYPE, Snapshot, compile_config
+from control_plane.compile import CLUSTER_TYPE, Snapshot, compile_config, digest
 from control_plane.config import ConfigError, load_config
 from control_plane.logs import configure_logging
 from control_plane.routing import RoutingService, RoutingTableStore
@@ -30,6 +35,8 @@ log = structlog.get_logger("switchyard.control_plane")
 #: How long a publish waits for Envoy to ACK new clusters before updating ext_proc anyway.
 CDS_ACK_TIMEOUT_S = 2.0
 POLL_INTERVAL_S = 0.25
+#: How long a cluster removed from the config stays in Envoy for in-flight requests.
+RETIRED_CLUSTER_TTL_S = 120.0
 
 
 class ControlPlane:
@@ -41,6 +48,8 @@ class ControlPlane:
         self._digest = ""
         self.reloads = 0
         self.rejected = 0
+        #: cluster name -> (resource, monotonic expiry) of clusters removed by a reload.
+        self._retired: dict[str, tuple[Message, float]] = {}
 
     def _read(self) -> tuple[str, bytes] | None:
         try:
@@ -71,12 +80,35 @@ class ControlPlane:
         await self.publish(snapshot)
         return True
 
+    def _envoy_view(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot plus clusters still lingering after removal."""
+        now = time.monotonic()
+        self._retired = {n: v for n, v in self._retired.items() if v[1] > now}
+        current = {getattr(c, "name", "") for c in snapshot.resources[CLUSTER_TYPE]}
+        extra = tuple(c for n, (c, _) in sorted(self._retired.items()) if n not in current)
+        if not extra:
+            return snapshot
+        clusters = snapshot.resources[CLUSTER_TYPE] + extra
+        versions = {**snapshot.versions, CLUSTER_TYPE: digest(clusters)}
+        return dataclasses.replace(
+            snapshot, resources={**snapshot.resources, CLUSTER_TYPE: clusters},
+            versions=versions, version=snapshot.version + "+" + versions[CLUSTER_TYPE][:8])
+
     async def publish(self, snapshot: Snapshot) -> None:
+        previous = self.snapshot
         self.snapshot = snapshot
         self.reloads += 1
-        await self.envoy_store.set(snapshot)
+        if previous is not None:
+            current = {getattr(c, "name", "") for c in snapshot.resources[CLUSTER_TYPE]}
+            expires = time.monotonic() + RETIRED_CLUSTER_TTL_S
+            for c in previous.resources[CLUSTER_TYPE]:
+                name = getattr(c, "name", "")
+                if name not in current:
+                    self._retired[name] = (c, expires)
+        view = self._envoy_view(snapshot)
+        await self.envoy_store.set(view)
         acked = await self.envoy_store.wait_acked(
-            CLUSTER_TYPE, snapshot.versions[CLUSTER_TYPE], CDS_ACK_TIMEOUT_S)
+            CLUSTER_TYPE, view.versions[CLUSTER_TYPE], CDS_ACK_TIMEOUT_S)
         await self.routing_store.set(snapshot.routing)
         log.info("config published", version=snapshot.version, models=len(snapshot.routing.models),
                  clusters_acked=acked, envoys=len(self.envoy_store.envoys))
@@ -85,6 +117,10 @@ class ControlPlane:
         """Poll the file's content hash: robust to editors that replace files by rename."""
         while True:
             await asyncio.sleep(POLL_INTERVAL_S)
+            if self._retired and self.snapshot is not None:
+                now = time.monotonic()
+                if any(exp <= now for _, exp in self._retired.values()):
+                    await self.envoy_store.set(self._envoy_view(self.snapshot))
             read = self._read()
             if read is not None and read[0] != self._digest:
                 log.info("config file changed", file=str(self.config_path))

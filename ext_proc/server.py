@@ -260,8 +260,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             handler = _EnvoyErrorHandler(status)
         else:
             assert backend is not None
-            sse = content_type.startswith("text/event-stream")
-            handler = ADAPTERS[backend.provider.kind].response(status, sse, st.body, backend)
+            handler = ADAPTERS[backend.provider.kind].response(
+                status, content_type, st.body, backend)
         st.handler = handler
         remove = []
         if handler.rewrites:

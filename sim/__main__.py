@@ -2,7 +2,6 @@
 
 import argparse
 import asyncio
-import dataclasses
 import signal
 import sys
 
@@ -48,10 +47,8 @@ async def _serve(
     runners: list[SimRunner] = []
     try:
         for name, kind, port in providers:
-            # Each provider gets its own options object: run-time changes stay per provider.
-            runner = await start_sim(
-                kind, name, LOOPBACK, port, dataclasses.replace(options), require_key=require_key
-            )
+            # Options are swapped, never mutated, so providers can share the initial object.
+            runner = await start_sim(kind, name, LOOPBACK, port, options, require_key=require_key)
             runners.append(runner)
             print(f"sim: {name} ({kind}) listening on {runner.base_url}", flush=True)
         print("sim: ready", flush=True)
@@ -79,8 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME:KIND:PORT",
         help=f"a simulated provider; KIND is one of {', '.join(sorted(PROVIDERS))}",
     )
-    parser.add_argument("--ttft-ms", type=float, default=SimOptions.ttft_ms)
-    parser.add_argument("--tokens-per-s", type=float, default=SimOptions.tokens_per_s)
+    parser.add_argument(
+        "--ttft-ms",
+        type=float,
+        default=SimOptions.ttft_ms,
+        help="delay before the first token (default %(default)s)",
+    )
+    parser.add_argument(
+        "--tokens-per-s",
+        type=float,
+        default=SimOptions.tokens_per_s,
+        help="stream rate after the first token; <= 0: no delay (default %(default)s)",
+    )
     parser.add_argument("--require-key", default=None, help="API key every request must carry")
     args = parser.parse_args(argv)
     try:

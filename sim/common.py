@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
+from urllib.parse import parse_qsl
 
 import orjson
 from aiohttp import web
@@ -36,27 +37,11 @@ _SSE_HEADERS: Final = {
     "Cache-Control": "no-cache",
 }
 # Filler words that pad replies to their deterministic length.
-_FILLER: Final = (
-    "lorem",
-    "ipsum",
-    "dolor",
-    "sit",
-    "amet",
-    "consectetur",
-    "adipiscing",
-    "elit",
-    "sed",
-    "do",
-    "eiusmod",
-    "tempor",
-    "incididunt",
-    "ut",
-    "labore",
-    "et",
-    "dolore",
-    "magna",
-    "aliqua",
+_LOREM: Final = (
+    "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut "
+    "labore et dolore magna aliqua"
 )
+_FILLER: Final = tuple(_LOREM.split())
 _QUOTED_WORDS: Final = 8
 
 
@@ -163,6 +148,10 @@ def parse_body(raw: bytes) -> Any:
         return INVALID_JSON
 
 
+# method, path, query string, raw headers, raw body, time.time()
+_Record = tuple[str, str, str, tuple[tuple[bytes, bytes], ...], bytes, float]
+
+
 class SimState:
     """Everything one simulated provider shares between requests."""
 
@@ -172,7 +161,7 @@ class SimState:
         self.initial_options = options
         self.options = options
         self.require_key = require_key
-        self.records: deque[dict[str, Any]] = deque(maxlen=options.record_limit)
+        self._records: deque[_Record] = deque(maxlen=options.record_limit)
         self.closing = False
         self.hanging = 0
         self._id_prefix = os.urandom(4).hex()
@@ -180,29 +169,52 @@ class SimState:
 
     def set_options(self, options: SimOptions) -> None:
         """Swap options atomically; in-flight requests keep the snapshot they started with."""
-        if options.record_limit != self.records.maxlen:
-            self.records = deque(self.records, maxlen=options.record_limit)
+        if options.record_limit != self._records.maxlen:
+            self._records = deque(self._records, maxlen=options.record_limit)
         self.options = options
 
     def new_id(self) -> str:
         """Unique, cheap id suffix (no per-request randomness)."""
         return f"sim{self._id_prefix}{next(self._ids):010x}"
 
-    def record(self, request: web.Request, raw: bytes, body: Any) -> None:
-        if not self.records.maxlen:
-            return
-        if body is INVALID_JSON:
-            body = raw.decode("utf-8", "replace") if raw else None
-        self.records.append(
-            {
-                "method": request.method,
-                "path": request.path,
-                "query": dict(request.query),
-                "headers": {k.lower(): v for k, v in request.headers.items()},
-                "body": body,
-                "time": time.time(),
-            }
-        )
+    def record(self, request: web.Request, raw: bytes) -> None:
+        """Keep the raw request; dicts are built only when read (cheap, and no GC pressure)."""
+        if self._records.maxlen:
+            self._records.append(
+                (
+                    request.method,
+                    request.path,
+                    request.query_string,
+                    request.raw_headers,
+                    raw,
+                    time.time(),
+                )
+            )
+
+    def clear_records(self) -> None:
+        self._records.clear()
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The recorded requests, oldest first, as served by `GET /_sim/requests`."""
+        out = []
+        for method, path, query_string, raw_headers, raw, at in self._records:
+            body = parse_body(raw) if raw else None
+            if body is INVALID_JSON:
+                body = raw.decode("utf-8", "replace")
+            out.append(
+                {
+                    "method": method,
+                    "path": path,
+                    "query": dict(parse_qsl(query_string, keep_blank_values=True)),
+                    "headers": {
+                        k.decode("latin-1").lower(): v.decode("utf-8", "replace")
+                        for k, v in raw_headers
+                    },
+                    "body": body,
+                    "time": at,
+                }
+            )
+        return out
 
 
 def json_response(
@@ -369,8 +381,8 @@ class Provider(ABC):
 
         async def handle(request: web.Request) -> web.StreamResponse:
             raw = await request.read()
+            state.record(request, raw)
             body = parse_body(raw) if raw else INVALID_JSON
-            state.record(request, raw, body)
             return await handler(request, body)
 
         return handle

@@ -56,10 +56,10 @@ def _add_control_routes(app: web.Application, state: SimState) -> None:
         )
 
     async def get_requests(_: web.Request) -> web.Response:
-        return json_response(list(state.records))
+        return json_response(state.requests())
 
     async def clear_requests(_: web.Request) -> web.Response:
-        state.records.clear()
+        state.clear_records()
         return json_response({"cleared": True})
 
     async def get_options(_: web.Request) -> web.Response:
@@ -114,6 +114,8 @@ async def start_sim(
     """Start one simulated provider; `await runner.cleanup()` stops it."""
     if host not in (LOOPBACK, "localhost", "::1"):
         raise ValueError(f"the simulator binds to loopback only, not {host!r}")
+    if host == "localhost" and port == 0:
+        host = LOOPBACK  # "localhost" may bind v4 and v6; port 0 would give each its own port
     app = create_app(kind, name, options, require_key=require_key)
     # No access log (benchmarks); short shutdown so in-flight streams don't stall cleanup.
     runner = SimRunner(app, access_log=None, shutdown_timeout=2.0)

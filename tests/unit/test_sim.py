@@ -56,7 +56,7 @@ def _reset(request: pytest.FixtureRequest) -> None:
         if name in request.fixturenames:
             runner: SimRunner = request.getfixturevalue(name)
             runner.state.set_options(runner.state.initial_options)
-            runner.state.records.clear()
+            runner.state.clear_records()
 
 
 def oai_client(runner: SimRunner, timeout: float = 30.0) -> openai.AsyncOpenAI:
@@ -200,7 +200,7 @@ async def test_openai_malformed_json(oai_sim: SimRunner) -> None:
     assert resp.json()["error"]["type"] == "invalid_request_error"
     assert "parse the JSON body" in resp.json()["error"]["message"]
     # Rejected requests are recorded too, with the raw body.
-    assert oai_sim.state.records[-1]["body"] == "{not json"
+    assert oai_sim.state.requests()[-1]["body"] == "{not json"
 
 
 async def test_openai_models_and_not_found(oai_sim: SimRunner) -> None:
@@ -451,7 +451,7 @@ async def test_record_is_bounded(oai_sim: SimRunner) -> None:
         await client.chat.completions.create(
             model=f"m{i}", messages=[{"role": "user", "content": "hi"}]
         )
-    assert [r["body"]["model"] for r in oai_sim.state.records] == ["m2", "m3", "m4"]
+    assert [r["body"]["model"] for r in oai_sim.state.requests()] == ["m2", "m3", "m4"]
 
 
 # --- faults --------------------------------------------------------------------------------

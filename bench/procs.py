@@ -1,0 +1,121 @@
+"""Child processes of the benchmark: start with logs in files, always reap, measure CPU.
+
+Every child gets PR_SET_PDEATHSIG (like control_plane/launcher.py), so even a SIGKILLed
+benchmark leaves no simulator or Envoy behind holding ports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+_PR_SET_PDEATHSIG = 1
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the benchmark process dies."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (bound together so they cannot repeat)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU of a running process (all threads), from /proc/PID/stat."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = data.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def http_status(url: str, method: str = "GET", body: bytes | None = None,
+                timeout: float = 2.0) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, headers) of one request; status 0 when nothing answered."""
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read(), dict(resp.headers.items())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read(), dict(exc.headers.items())
+    except (OSError, ValueError):
+        return 0, b"", {}
+
+
+class ProcessGroup:
+    """Processes the benchmark started itself; `close()` stops them all (idempotent)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._files: list[IO[bytes]] = []
+
+    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in close())
+        self._files.append(f)
+        proc = subprocess.Popen(args, stdout=f, stderr=f, stdin=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
+        self.procs[name] = proc
+        return proc
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode} "
+                                   f"(log: {self.log_dir / (name + '.log')})")
+
+    def stop(self, name: str, timeout: float = 5.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def close(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+        for f in self._files:
+            f.close()
+        self._files.clear()
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float,
+               group: ProcessGroup | None = None) -> None:
+    """Poll `check()` until true; bounded by `timeout`, fails fast if a child died."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if group is not None:
+            group.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout:g}s")
+        time.sleep(0.05)

@@ -1,0 +1,40 @@
+"""Anthropic Messages API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ext_proc.adapters.base import Buffered, Headers, ResponseHandler, Stream, Usage, is_sse
+from ext_proc.table import BackendInfo
+from ext_proc.translate import anthropic, openai
+
+
+class AnthropicAdapter:
+    api_path = "/v1/messages"
+
+    def request(self, req: dict[str, Any], backend: BackendInfo) -> tuple[bytes, bytes, Headers]:
+        p = backend.provider
+        headers: Headers = [
+            ("content-type", b"application/json"),
+            ("anthropic-version", p.options.get("anthropic_version",
+                                                anthropic.API_VERSION).encode()),
+        ]
+        if p.api_key:
+            headers.append(("x-api-key", p.api_key.encode()))
+        path = (p.path_prefix + self.api_path).encode()
+        return path, anthropic.request_from_openai(req, backend.model), headers
+
+    def response(self, status: int, content_type: str, req: dict[str, Any],
+                 backend: BackendInfo) -> ResponseHandler:
+        if status < 300 and is_sse(content_type):
+            return Stream(anthropic.StreamToOpenAI(backend.model, openai.client_wants_usage(req)))
+        if status < 300:
+            def convert(body: bytes) -> tuple[bytes | None, Usage]:
+                data = orjson.loads(body)
+                return anthropic.response_to_openai(data, backend.model), anthropic.usage_of(data)
+
+            return Buffered(convert, rewrites=True)
+        return Buffered(lambda body: (anthropic.error_to_openai(status, body), None),
+                        rewrites=True)
