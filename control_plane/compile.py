@@ -285,7 +285,7 @@ def _routing_table(cfg: GatewayConfig, backends: dict[str, tuple[str, Backend]]
             name=name, kind=provider.kind, host=_authority(provider),
             path_prefix=provider.path_prefix, tls=provider.tls,
             api_key=(provider.api_key.resolve() or "") if provider.api_key else "",
-            headers=provider.headers,
+            headers=provider.headers, options=provider.options(),
         )
     for cname, (_, backend) in sorted(backends.items()):
         table.backends.add(

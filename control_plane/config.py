@@ -17,7 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 #: Provider kinds the gateway can translate to. Each has one module in ext_proc/translate.
-PROVIDER_KINDS = ("openai", "anthropic")
+ProviderKind = Literal["openai", "anthropic", "azure_openai", "bedrock", "gemini", "vertex",
+                       "vllm", "tgi"]
+PROVIDER_KINDS: tuple[str, ...] = ProviderKind.__args__  # type: ignore[attr-defined]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 
@@ -59,14 +61,55 @@ class Simulate(_Strict):
 
 
 class Provider(_Strict):
-    kind: Literal["openai", "anthropic"]
+    kind: ProviderKind
     base_url: str
+    #: Bearer token (openai, vllm, tgi), `x-api-key` (anthropic), `api-key` (azure_openai),
+    #: `x-goog-api-key` (gemini). Not used by bedrock (SigV4) or vertex (OAuth).
     api_key: SecretRef | None = None
+    #: azure_openai: the `api-version` query parameter (required).
+    api_version: str | None = None
+    #: bedrock: AWS region (required); credentials default to the standard AWS environment
+    #: variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+    region: str | None = None
+    aws_access_key_id: SecretRef | None = None
+    aws_secret_access_key: SecretRef | None = None
+    aws_session_token: SecretRef | None = None
+    #: vertex: GCP project and location (required); OAuth from `credentials_file` (a service
+    #: account JSON) or application-default credentials.
+    project: str | None = None
+    location: str | None = None
+    credentials_file: str | None = None
     connect_timeout_s: float = Field(default=5.0, gt=0)
     #: Extra static headers sent to this provider on every attempt.
     headers: dict[str, str] = Field(default_factory=dict)
     max_concurrent_requests: int = Field(default=4096, ge=1)
     simulate: Simulate | None = None
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Provider:
+        required = {"azure_openai": ("api_version",), "bedrock": ("region",),
+                    "vertex": ("project", "location")}.get(self.kind, ())
+        for name in required:
+            if getattr(self, name) is None:
+                raise ValueError(f"kind {self.kind} requires '{name}'")
+        return self
+
+    def options(self) -> dict[str, str]:
+        """Per-kind settings for ext_proc (resolved secrets included: never log this)."""
+        out: dict[str, str] = {}
+        for name in ("api_version", "region", "project", "location", "credentials_file"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        for name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
+            if self.kind != "bedrock":
+                break
+            ref: SecretRef | None = getattr(self, name)
+            env_name = name.upper()
+            value = ref.resolve() if ref is not None else os.environ.get(env_name)
+            if value:
+                out[name] = value
+        return out
 
     @model_validator(mode="after")
     def _url(self) -> Provider:
