@@ -26,11 +26,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 )
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format, wrappers_pb2
 from google.protobuf.message import Message
 
-from control_plane.config import Backend, GatewayConfig, Provider
-from protos import routing_pb2
+from control_plane.config import Backend, Failover, GatewayConfig, Model, Provider
+from protos import envoy_vendor_pb2, routing_pb2
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -44,8 +44,14 @@ EXT_PROC_CLUSTER = "switchyard_ext_proc"
 XDS_CLUSTER = "switchyard_xds"
 
 #: Headers the route phase sets for Envoy; clients' copies are stripped by the route phase.
-CLUSTER_HEADER = "x-switchyard-cluster"
+MODEL_HEADER = "x-switchyard-model"
 REQUEST_ID_HEADER = "x-switchyard-rid"
+#: Dynamic metadata (namespace, key) where the route phase puts each request's ordered
+#: candidate list for the priority_group cluster specifier.
+METADATA_NAMESPACE = "switchyard"
+CANDIDATES_KEY = "candidates"
+PRIORITY_GROUP_TYPE = ("type.googleapis.com/envoy.extensions.router.cluster_specifiers."
+                       "priority_group.v3.PriorityGroupClusterSpecifier")
 
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
@@ -112,7 +118,8 @@ def _upstream_ext_proc(cfg: GatewayConfig) -> dict[str, Any]:
                 "request_header_mode": "SEND",
                 "request_body_mode": "NONE",
                 "request_trailer_mode": "SKIP",
-                "response_header_mode": "SKIP",
+                # Per-attempt status (429 retry-after, failures) feeds backend health.
+                "response_header_mode": "SEND",
                 "response_body_mode": "NONE",
                 "response_trailer_mode": "SKIP",
             },
@@ -144,7 +151,27 @@ def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provid
             "max_connections": provider.max_concurrent_requests,
             "max_pending_requests": provider.max_concurrent_requests,
             "max_requests": provider.max_concurrent_requests,
+            "retry_budget": {
+                "budget_percent": {"value": provider.health.retry_budget_percent},
+                "min_retry_concurrency": provider.health.min_retry_concurrency,
+            },
         }]},
+        # One host per cluster: ejecting it must be allowed (max_ejection_percent 100). The
+        # route phase orders ejected backends last; Envoy's panic mode still lets a request
+        # through if every candidate is ejected.
+        "outlier_detection": {
+            "consecutive_5xx": provider.health.consecutive_failures,
+            "consecutive_gateway_failure": provider.health.consecutive_failures,
+            "consecutive_local_origin_failure": provider.health.consecutive_failures,
+            "split_external_local_origin_errors": True,
+            "enforcing_consecutive_5xx": 100,
+            "enforcing_consecutive_gateway_failure": 100,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "interval": "1s",
+            "base_ejection_time": f"{provider.health.ejection_s:.3f}s",
+            "max_ejection_time": f"{max(provider.health.ejection_s, 300.0):.3f}s",
+            "max_ejection_percent": 100,
+        },
         "metadata": {"filter_metadata": {"switchyard": {
             "provider": provider_name, "kind": provider.kind, "model": backend.model}}},
         "typed_extension_protocol_options": {
@@ -188,6 +215,8 @@ def _listener(cfg: GatewayConfig) -> dict[str, Any]:
             "message_timeout": _ms(cfg.ext_proc.message_timeout_ms),
             "max_message_timeout": _ms(max(cfg.ext_proc.message_timeout_ms, 30_000)),
             "allow_mode_override": True,
+            # The route phase hands the router each request's candidate order here.
+            "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
             "processing_mode": {
                 "request_header_mode": "SEND",
                 "request_body_mode": "BUFFERED",
@@ -257,11 +286,8 @@ def _routes(cfg: GatewayConfig) -> dict[str, Any]:
                  "direct_response": {"status": 200, "body": {"inline_string": models_body}},
                  "response_headers_to_add": json_headers,
                  "typed_per_filter_config": _ext_proc_disabled()},
-                # After the route phase set the cluster header: go there.
-                {"name": "chat", "match": {"path": CHAT_PATH, "headers": [
-                    post, {"name": CLUSTER_HEADER, "present_match": True}]},
-                 "route": {"cluster_header": CLUSTER_HEADER,
-                           "timeout": f"{cfg.limits.request_timeout_s:.0f}s"}},
+                # After the route phase named the model: its own route, retry and hedge policy.
+                *(_model_route(cfg, alias, model) for alias, model in sorted(cfg.models.items())),
                 # Before the body is seen (route phase still running) the request sits here.
                 {"name": "chat_pending", "match": {"path": CHAT_PATH, "headers": [post]},
                  "direct_response": {"status": 503, "body": {"inline_string": _error_json(
@@ -275,6 +301,81 @@ def _routes(cfg: GatewayConfig) -> dict[str, Any]:
             ],
         }],
     }
+
+
+_RETRY_ON = {"connect-failure": "connect-failure", "reset": "reset", "5xx": "5xx",
+             "429": "retriable-status-codes", "timeout": "gateway-error"}
+
+
+def _retry_policy(failover: Failover, backends: int) -> dict[str, Any]:
+    retry_on = sorted({_RETRY_ON[r] for r in failover.retry_on} | {"refused-stream"})
+    policy: dict[str, Any] = {
+        "retry_on": ",".join(retry_on),
+        "num_retries": max_retries(failover, backends),
+        "per_try_timeout": f"{failover.per_try_timeout_s:.3f}s",
+        # Moving to another backend needs no back-off; keep it short.
+        "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.050s"},
+    }
+    if "429" in failover.retry_on:
+        policy["retriable_status_codes"] = [429]
+    return policy
+
+
+def max_retries(failover: Failover, backends: int) -> int:
+    return failover.max_retries if failover.max_retries is not None else backends - 1
+
+
+def _model_route(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, Any]:
+    """Per-model chat route; its cluster specifier and retry refresh are added in `_finish`."""
+    route: dict[str, Any] = {
+        "timeout": f"{cfg.limits.request_timeout_s:.0f}s",
+        "retry_policy": _retry_policy(model.failover, len(model.backends)),
+    }
+    if model.failover.hedge_after_s is not None:
+        route["hedge_policy"] = {"hedge_on_per_try_timeout": True}
+    return {
+        "name": f"chat:{alias}",
+        "match": {"path": CHAT_PATH, "headers": [
+            {"name": ":method", "string_match": {"exact": "POST"}},
+            {"name": MODEL_HEADER, "string_match": {"exact": alias}}]},
+        "route": route,
+    }
+
+
+def _priority_groups(model: Model) -> any_pb2.Any:
+    """priority_group specifier: attempt k goes to group k; the route phase's per-request order
+    (dynamic metadata) overrides the configured order."""
+    spec = envoy_vendor_pb2.PriorityGroupClusterSpecifier(
+        group_override_metadata=envoy_vendor_pb2.MetadataKey(
+            key=METADATA_NAMESPACE,
+            path=[envoy_vendor_pb2.MetadataKey.PathSegment(key=CANDIDATES_KEY)]))
+    seen: set[str] = set()
+    for b in model.backends:
+        name = cluster_name(b)
+        if name in seen:
+            continue
+        seen.add(name)
+        spec.priority_groups.add(name=name, clusters=[envoy_vendor_pb2.ClusterWeight(
+            cluster_name=name, weight=wrappers_pb2.UInt32Value(value=1))])
+    return any_pb2.Any(type_url=PRIORITY_GROUP_TYPE,
+                       value=spec.SerializeToString(deterministic=True))
+
+
+_REFRESH_CLUSTER_ON_RETRY = envoy_vendor_pb2.RetryPolicyExtension(
+    refresh_cluster_on_retry=True).SerializeToString()
+
+
+def _finish_routes(cfg: GatewayConfig, routes: route_pb2.RouteConfiguration) -> None:
+    """Add what xds-protos cannot express: the priority_group specifier and
+    `refresh_cluster_on_retry` (merged as field 14 of RetryPolicy, unknown to the wheel)."""
+    for route in routes.virtual_hosts[0].routes:
+        if not route.name.startswith("chat:"):
+            continue
+        model = cfg.models[route.name[len("chat:"):]]
+        plugin = route.route.inline_cluster_specifier_plugin.extension
+        plugin.name = "envoy.router.cluster_specifier_plugin.priority_group"
+        plugin.typed_config.CopyFrom(_priority_groups(model))
+        route.route.retry_policy.MergeFromString(_REFRESH_CLUSTER_ON_RETRY)
 
 
 def _routing_table(cfg: GatewayConfig, backends: dict[str, tuple[str, Backend]]
@@ -295,7 +396,13 @@ def _routing_table(cfg: GatewayConfig, backends: dict[str, tuple[str, Backend]]
             context_window=backend.context_window or 0,
         )
     for alias, model in sorted(cfg.models.items()):
-        table.models.add(name=alias, backends=[cluster_name(b) for b in model.backends])
+        f = model.failover
+        table.models.add(
+            name=alias, backends=[cluster_name(b) for b in model.backends],
+            max_retries=max_retries(f, len(model.backends)),
+            per_try_timeout_ms=int(f.per_try_timeout_s * 1000),
+            first_byte_timeout_ms=int(f.first_byte_timeout_s * 1000),
+            hedge_after_ms=int(f.hedge_after_s * 1000) if f.hedge_after_s else 0)
     return table
 
 
@@ -323,7 +430,9 @@ def compile_config(cfg: GatewayConfig) -> Snapshot:
         for cname, (_, b) in sorted(backends.items())
     )
     listeners = (json_format.ParseDict(_listener(cfg), listener_pb2.Listener()),)
-    routes = (json_format.ParseDict(_routes(cfg), route_pb2.RouteConfiguration()),)
+    route_config = json_format.ParseDict(_routes(cfg), route_pb2.RouteConfiguration())
+    _finish_routes(cfg, route_config)
+    routes = (route_config,)
     resources: dict[str, tuple[Message, ...]] = {
         CLUSTER_TYPE: clusters, LISTENER_TYPE: listeners, ROUTE_TYPE: routes}
     versions = {t: digest(r) for t, r in resources.items()}
@@ -342,8 +451,3 @@ def compile_config(cfg: GatewayConfig) -> Snapshot:
                     summary=summary)
 
 
-def bootstrap_clusters(xds_host: str, xds_port: int, ext_proc_host: str, ext_proc_port: int
-                       ) -> dict[str, Any]:
-    """Static clusters of the Envoy bootstrap (kept here so names stay in one place)."""
-    return {"xds": (XDS_CLUSTER, xds_host, xds_port),
-            "ext_proc": (EXT_PROC_CLUSTER, ext_proc_host, ext_proc_port)}

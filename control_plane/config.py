@@ -60,6 +60,19 @@ class Simulate(_Strict):
     tokens_per_s: float = Field(default=200.0, ge=0)
 
 
+class Health(_Strict):
+    """Envoy outlier detection, circuit breaking and retry budget for this provider's backends."""
+
+    #: Consecutive failures (5xx, gateway errors, connect failures, resets) before ejection.
+    consecutive_failures: int = Field(default=5, ge=1)
+    #: Base ejection time; Envoy multiplies it by the number of ejections so far.
+    ejection_s: float = Field(default=30.0, gt=0)
+    #: Retries into these backends may be at most this percent of their active requests
+    #: (min `min_retry_concurrency`), so an outage cannot double the load on the survivors.
+    retry_budget_percent: float = Field(default=20.0, ge=0, le=100)
+    min_retry_concurrency: int = Field(default=3, ge=0)
+
+
 class Provider(_Strict):
     kind: ProviderKind
     base_url: str
@@ -83,6 +96,7 @@ class Provider(_Strict):
     #: Extra static headers sent to this provider on every attempt.
     headers: dict[str, str] = Field(default_factory=dict)
     max_concurrent_requests: int = Field(default=4096, ge=1)
+    health: Health = Health()
     simulate: Simulate | None = None
 
     @model_validator(mode="after")
@@ -154,9 +168,28 @@ class Backend(_Strict):
     context_window: int | None = Field(default=None, ge=1)
 
 
+RetryOn = Literal["connect-failure", "reset", "5xx", "429", "timeout"]
+
+
+class Failover(_Strict):
+    """When and how a request moves to the next backend (Envoy's own retries)."""
+
+    retry_on: list[RetryOn] = Field(default_factory=lambda: list(RetryOn.__args__))  # type: ignore[attr-defined]
+    #: Further attempts after the first; default: one per remaining backend.
+    max_retries: int | None = Field(default=None, ge=0, le=10)
+    #: Non-streaming: an attempt with no response within this moves on.
+    per_try_timeout_s: float = Field(default=120.0, gt=0)
+    #: Streaming: an attempt with no first byte within this moves on.
+    first_byte_timeout_s: float = Field(default=30.0, gt=0)
+    #: Opt-in hedging: after this long with no first byte, a second attempt starts on the next
+    #: backend; the first to answer wins and the other is cancelled.
+    hedge_after_s: float | None = Field(default=None, gt=0)
+
+
 class Model(_Strict):
     #: Ordered: the first is preferred, later ones are the fallback order.
     backends: list[Backend] = Field(min_length=1)
+    failover: Failover = Failover()
 
 
 class ExtProcSettings(_Strict):

@@ -99,7 +99,8 @@ class Gateway:
             py, "-m", "ext_proc.server", "--address", cfg.ext_proc.address,
             "--port", str(cfg.ext_proc.port),
             "--control-plane", f"{cfg.control_plane.address}:{cfg.control_plane.port}",
-            "--metrics-port", str(cfg.ext_proc.metrics_port), "--log-level", self.log_level])
+            "--metrics-port", str(cfg.ext_proc.metrics_port), "--log-level", self.log_level,
+            "--envoy-admin", f"http://{cfg.admin.address}:{cfg.admin.port}"])
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_bootstrap(cfg, node_id=f"switchyard-{os.getpid()}"))
         self._spawn("envoy", [
@@ -124,6 +125,10 @@ class Gateway:
             "ext_proc": f"http://{cfg.ext_proc.address}:{cfg.ext_proc.metrics_port}/healthz",
             "gateway": f"{self.url}/v1/models",
         }
+        if "sim" in self.procs:
+            for name, p in cfg.providers.items():
+                if p.simulate is not None:
+                    checks[f"sim {name}"] = f"http://{p.host}:{p.port}/_sim/health"
         pending = dict(checks)
         while pending:
             for name, proc in self.procs.items():

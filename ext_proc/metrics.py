@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 REQUESTS = Counter("switchyard_requests_total", "Requests answered", ["model", "backend", "status"])
 REJECTED = Counter("switchyard_rejected_total", "Requests rejected before routing", ["reason"])
+ATTEMPTS = Counter("switchyard_attempts_total", "Upstream attempts by backend and status",
+                   ["backend", "status"])
+FAILOVERS = Counter("switchyard_failovers_total", "Attempts after the first (retries, hedges)",
+                    ["model", "backend"])
 TOKENS = Counter("switchyard_tokens_total", "Tokens", ["model", "backend", "kind"])
 COST = Counter("switchyard_cost_usd_total", "Estimated provider cost (USD)", ["model", "backend"])
 LATENCY = Histogram("switchyard_request_seconds", "Gateway request latency", ["model", "backend"],

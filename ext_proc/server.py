@@ -34,17 +34,20 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 
 from ext_proc import metrics
 from ext_proc.adapters import ADAPTERS, ResponseHandler
-from ext_proc.select import candidates
+from ext_proc.select import ContextTooLong, candidates
+from ext_proc.stats import BackendHealth
 from ext_proc.table import BackendInfo, RoutingClient
 from ext_proc.translate.openai import TranslationError, error_body
 
 log = structlog.get_logger("switchyard.request")
 syslog = structlog.get_logger("switchyard.ext_proc")
 
-CLUSTER_HEADER = "x-switchyard-cluster"
+MODEL_HEADER = "x-switchyard-model"
+METADATA_NAMESPACE = "switchyard"
 RID_HEADER = "x-switchyard-rid"
 _INTERNAL_PREFIX = "x-switchyard-"
 #: Client headers that must never reach a provider (the gateway sets its own credentials).
@@ -55,13 +58,16 @@ _STRIP_UPSTREAM = (
     "anthropic-version",
     "x-goog-api-key",
     "cookie",
-    CLUSTER_HEADER,
+    MODEL_HEADER,
+    "x-envoy-max-retries",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
     RID_HEADER,
 )
 _ATTR_NS = "envoy.filters.http.ext_proc"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 _CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+_CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
 _BUFFER_RESPONSE = processing_mode_pb2.ProcessingMode(
     response_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED
 )
@@ -144,8 +150,10 @@ class RequestState:
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, routing: RoutingClient) -> None:
+    def __init__(self, routing: RoutingClient, health: BackendHealth | None = None) -> None:
         self.routing = routing
+        self.health = health or BackendHealth()
+        self._order_cache: dict[tuple[str, ...], struct_pb2.Struct] = {}
         self.inflight: dict[str, RequestState] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
@@ -162,8 +170,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 kind = req.WhichOneof("request")
                 if kind == "request_headers":
                     if req.attributes:
-                        yield self._attempt(req)
-                        continue
+                        async for resp in self._translate_phase(req, request_iterator):
+                            yield resp
+                        return
                     st = RequestState(self._prefix + str(next(self._ids)))
                     yield self._on_request_headers(st, req.request_headers)
                 elif st is None:
@@ -214,8 +223,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             return _error(400, problem[1], "invalid_request_error", "invalid_request", problem[0])
         alias: str = body["model"]
         routes = self.routing.routes
-        backends = routes.models.get(alias)
-        if backends is None:
+        model = routes.models.get(alias)
+        if model is None:
             metrics.REJECTED.labels(reason="model_not_found").inc()
             return _error(
                 404,
@@ -226,23 +235,52 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             )
         st.body = body
         st.model = alias
-        st.stream = body.get("stream") is True
-        st.candidates = candidates(backends, body)
+        st.stream = stream = body.get("stream") is True
+        try:
+            st.candidates = cands = candidates(model, body, self.health)
+        except ContextTooLong as exc:
+            metrics.REJECTED.labels(reason="context_length_exceeded").inc()
+            return _error(400, str(exc), "invalid_request_error", "context_length_exceeded",
+                          "messages")
         self.inflight[st.rid] = st
-        first = st.candidates[0]
+        if model.hedge_after_ms:
+            try_timeout = model.hedge_after_ms
+        else:
+            try_timeout = model.first_byte_timeout_ms if stream else model.per_try_timeout_ms
+        retries = min(model.max_retries, max(len(cands) - 1, 0)) if len(cands) > 1 else \
+            model.max_retries
         return pb.ProcessingResponse(
             request_body=pb.BodyResponse(
                 response=pb.CommonResponse(
                     header_mutation=pb.HeaderMutation(
                         set_headers=[
-                            _hv(CLUSTER_HEADER, first.cluster.encode()),
+                            _hv(MODEL_HEADER, alias.encode()),
                             _hv(RID_HEADER, st.rid.encode()),
+                            _hv("x-envoy-max-retries", str(retries).encode()),
+                            _hv("x-envoy-upstream-rq-per-try-timeout-ms",
+                                str(try_timeout).encode()),
                         ]
                     ),
                     clear_route_cache=True,
                 )
-            )
+            ),
+            dynamic_metadata=self._order_metadata(cands),
         )
+
+    def _order_metadata(self, cands: tuple[BackendInfo, ...]) -> struct_pb2.Struct:
+        """Dynamic metadata for the priority_group specifier: attempt k -> candidate k.
+
+        Cached per distinct order: there are only a few per model."""
+        key = tuple(c.cluster for c in cands)
+        cached = self._order_cache.get(key)
+        if cached is None:
+            if len(self._order_cache) > 4096:
+                self._order_cache.clear()
+            cached = struct_pb2.Struct()
+            cached.update({METADATA_NAMESPACE: {"candidates": [
+                {"name": c, "clusters": [{"cluster_name": c, "weight": 1}]} for c in key]}})
+            self._order_cache[key] = cached
+        return cached
 
     def _on_response_headers(self, st: RequestState, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
         headers = _headers(msg)
@@ -321,7 +359,33 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         )
 
     # -- translate phase --------------------------------------------------------------------
-    def _attempt(self, req: pb.ProcessingRequest) -> pb.ProcessingResponse:
+    async def _translate_phase(
+        self, req: pb.ProcessingRequest, rest: AsyncIterator[pb.ProcessingRequest]
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        """One attempt: rewrite the request, then watch its response status for health."""
+        backend: list[BackendInfo] = []
+        yield self._attempt(req, backend)
+        async for msg in rest:
+            if msg.WhichOneof("request") == "response_headers" and backend:
+                self._attempt_answered(backend[0], msg.response_headers)
+                yield _CONTINUE_RESPONSE_HEADERS
+            else:
+                yield pb.ProcessingResponse()
+
+    def _attempt_answered(self, backend: BackendInfo, msg: pb.HttpHeaders) -> None:
+        status = b""
+        retry_after = None
+        for h in msg.headers.headers:
+            if h.key == ":status":
+                status = h.raw_value or h.value.encode()
+            elif h.key == "retry-after":
+                retry_after = (h.raw_value or h.value.encode()).decode("latin-1")
+        metrics.ATTEMPTS.labels(backend.label, status.decode()).inc()
+        if status == b"429":
+            self.health.cool_down(backend.cluster, retry_after)
+
+    def _attempt(self, req: pb.ProcessingRequest, out: list[BackendInfo]
+                 ) -> pb.ProcessingResponse:
         attrs = req.attributes.get(_ATTR_NS)
         cluster = attrs.fields["xds.cluster_name"].string_value if attrs else ""
         rid = ""
@@ -341,6 +405,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             return _error(502, f"No backend for cluster {cluster}", "api_error", "no_backend")
         st.attempts += 1
         st.backend = backend
+        out.append(backend)
+        if st.attempts > 1:
+            metrics.FAILOVERS.labels(st.model, backend.label).inc()
         built = st.sent_cache.get(cluster)
         if built is None:
             try:
@@ -450,10 +517,13 @@ def _check_chat(body: Any) -> tuple[str | None, str] | None:
 
 
 async def serve(
-    address: str, port: int, control_plane: str, metrics_port: int, node_id: str
+    address: str, port: int, control_plane: str, metrics_port: int, node_id: str,
+    envoy_admin: str | None = None,
 ) -> None:
     routing = RoutingClient(control_plane, node_id)
     watcher = asyncio.create_task(routing.run())
+    health = BackendHealth()
+    poller = asyncio.create_task(health.poll_envoy(envoy_admin)) if envoy_admin else None
     server = grpc.aio.server(
         options=[
             ("grpc.max_concurrent_streams", 100_000),
@@ -461,7 +531,7 @@ async def serve(
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ]
     )
-    processor = ExternalProcessor(routing)
+    processor = ExternalProcessor(routing, health)
     pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     bound = server.add_insecure_port(f"{address}:{port}")
     await server.start()
@@ -479,6 +549,8 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     watcher.cancel()
+    if poller is not None:
+        poller.cancel()
     await server.stop(grace=2)
     await http.cleanup()
 
@@ -492,12 +564,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-plane", default="127.0.0.1:18000")
     parser.add_argument("--metrics-port", type=int, default=9464)
     parser.add_argument("--node-id", default=f"ext-proc-{os.getpid()}")
+    parser.add_argument("--envoy-admin", default=None,
+                        help="local Envoy admin URL, for outlier/circuit-breaker state")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
     import uvloop
 
-    uvloop.run(serve(args.address, args.port, args.control_plane, args.metrics_port, args.node_id))
+    uvloop.run(serve(args.address, args.port, args.control_plane, args.metrics_port,
+                     args.node_id, args.envoy_admin))
 
 
 if __name__ == "__main__":

@@ -45,9 +45,20 @@ class BackendInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    #: Configured fallback order.
+    backends: tuple[BackendInfo, ...]
+    max_retries: int
+    per_try_timeout_ms: int
+    first_byte_timeout_ms: int
+    hedge_after_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Routes:
     version: str
-    models: dict[str, tuple[BackendInfo, ...]]
+    models: dict[str, ModelInfo]
     clusters: dict[str, BackendInfo]
 
     @classmethod
@@ -76,7 +87,13 @@ class Routes:
             )
             for b in table.backends
         }
-        models = {m.name: tuple(clusters[c] for c in m.backends) for m in table.models}
+        models = {
+            m.name: ModelInfo(
+                name=m.name, backends=tuple(clusters[c] for c in m.backends),
+                max_retries=m.max_retries, per_try_timeout_ms=m.per_try_timeout_ms,
+                first_byte_timeout_ms=m.first_byte_timeout_ms, hedge_after_ms=m.hedge_after_ms)
+            for m in table.models
+        }
         return cls(version=table.version, models=models, clusters=clusters)
 
 
