@@ -52,6 +52,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes spent in user+system mode since boot, from /proc/stat.
+
+    Compared with the CPU of the benchmark's own processes over a run, this shows how much
+    unrelated work (another test suite, a build) shared the cores: the run's noise level.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return 0.0
+    user, nice, system = (int(x) for x in fields[1:4])
+    return (user + nice + system) / _CLK_TCK
+
+
 def http_status(url: str, method: str = "GET", body: bytes | None = None,
                 timeout: float = 2.0) -> tuple[int, bytes, dict[str, str]]:
     """(status, body, headers) of one request; status 0 when nothing answered."""

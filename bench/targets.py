@@ -2,7 +2,9 @@
 
 1. the OpenAI simulator alone (ttft 0, no token pacing): the floor;
 2. plain Envoy in front of it (bench/envoy_plain.yaml): what the proxy itself costs;
-3. the full gateway via control_plane.launcher.Gateway: Envoy + two ext_proc phases.
+3. the full gateway via control_plane.launcher.Gateway: Envoy + two ext_proc phases;
+4. optional calibration, `minimal`: plain Envoy + a do-nothing one-phase Python ext_proc
+   (bench/envoy_minimal.yaml, bench/ext_proc_minimal.py): the floor of "Python ext_proc".
 
 The simulator's request recording is switched off (`record_limit: 0`) on every target, as
 sim/common.py recommends for long benchmarks, so it costs the same everywhere.
@@ -24,7 +26,9 @@ from bench.procs import ProcessGroup, free_ports, http_status, wait_until
 from bench.wrk import MODEL
 from control_plane.launcher import Gateway, envoy_binary
 
-ENVOY_TEMPLATE = Path(__file__).resolve().parent / "envoy_plain.yaml"
+_HERE = Path(__file__).resolve().parent
+ENVOY_TEMPLATE = _HERE / "envoy_plain.yaml"
+ENVOY_MINIMAL_TEMPLATE = _HERE / "envoy_minimal.yaml"
 CHAT_PATH = "/v1/chat/completions"
 SIM_PROVIDER = "bench-sim"
 
@@ -81,20 +85,43 @@ def start_sim(group: ProcessGroup) -> Target:
                   group.check_alive)
 
 
-def start_plain_envoy(group: ProcessGroup, sim: Target, concurrency: int) -> Target:
-    """Static Envoy (no ext_proc) in front of the already running simulator `sim`."""
+def _start_envoy(group: ProcessGroup, name: str, template: Path, sim: Target,
+                 concurrency: int, **extra: int) -> tuple[int, int]:
+    """Render `template` on free ports and start Envoy; returns (listen port, pid)."""
     listen_port, admin_port = free_ports(2)
     sim_port = int(sim.url.split(":")[2].split("/")[0])
-    config = group.log_dir / "envoy_plain.yaml"
-    config.write_text(Template(ENVOY_TEMPLATE.read_text()).substitute(
-        listen_port=listen_port, admin_port=admin_port, sim_port=sim_port))
-    proc = group.spawn("envoy_plain", [
+    config = group.log_dir / f"{name}.yaml"
+    config.write_text(Template(template.read_text()).substitute(
+        listen_port=listen_port, admin_port=admin_port, sim_port=sim_port, **extra))
+    proc = group.spawn(name, [
         envoy_binary(), "-c", str(config), "--concurrency", str(concurrency),
         "--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "1"])
     wait_until(lambda: http_status(f"http://127.0.0.1:{admin_port}/ready")[0] == 200,
-               "plain envoy", 30, group)
-    return Target("envoy", "Envoy alone", f"http://127.0.0.1:{listen_port}{CHAT_PATH}",
-                  {"sim": sim.pids["sim"], "envoy": proc.pid}, group.check_alive)
+               name, 30, group)
+    return listen_port, proc.pid
+
+
+def start_plain_envoy(group: ProcessGroup, sim: Target, concurrency: int) -> Target:
+    """Static Envoy (no ext_proc) in front of the already running simulator `sim`."""
+    port, pid = _start_envoy(group, "envoy_plain", ENVOY_TEMPLATE, sim, concurrency)
+    return Target("envoy", "Envoy alone", f"http://127.0.0.1:{port}{CHAT_PATH}",
+                  {"sim": sim.pids["sim"], "envoy": pid}, group.check_alive)
+
+
+def start_minimal(group: ProcessGroup, sim: Target, concurrency: int) -> Target:
+    """Static Envoy + the do-nothing one-phase ext_proc, in front of `sim` (calibration)."""
+    (ext_port,) = free_ports(1)
+    ext = group.spawn("ext_proc_minimal", [
+        sys.executable, "-m", "bench.ext_proc_minimal", "--port", str(ext_port)])
+    port, pid = _start_envoy(group, "envoy_minimal", ENVOY_MINIMAL_TEMPLATE, sim, concurrency,
+                             ext_proc_port=ext_port)
+    url = f"http://127.0.0.1:{port}{CHAT_PATH}"
+    # Envoy is ready before the Python server may be: wait for a request that gets through.
+    wait_until(lambda: http_status(url, "POST", b"{}")[0] not in (0, 500, 503),
+               "minimal ext_proc", 30, group)
+    return Target("minimal", "Envoy + minimal ext_proc", url,
+                  {"sim": sim.pids["sim"], "envoy": pid, "ext_proc": ext.pid},
+                  group.check_alive)
 
 
 def gateway_config(concurrency: int) -> str:

@@ -49,7 +49,7 @@ REQUEST_ID_HEADER = "x-switchyard-rid"
 #: Dynamic metadata (namespace, key) where the route phase puts each request's ordered
 #: candidate list for the priority_group cluster specifier.
 METADATA_NAMESPACE = "switchyard"
-CANDIDATES_KEY = "candidates"
+CANDIDATES_KEY = "priority_groups"
 PRIORITY_GROUP_TYPE = ("type.googleapis.com/envoy.extensions.router.cluster_specifiers."
                        "priority_group.v3.PriorityGroupClusterSpecifier")
 
@@ -346,9 +346,7 @@ def _priority_groups(model: Model) -> any_pb2.Any:
     """priority_group specifier: attempt k goes to group k; the route phase's per-request order
     (dynamic metadata) overrides the configured order."""
     spec = envoy_vendor_pb2.PriorityGroupClusterSpecifier(
-        group_override_metadata=envoy_vendor_pb2.MetadataKey(
-            key=METADATA_NAMESPACE,
-            path=[envoy_vendor_pb2.MetadataKey.PathSegment(key=CANDIDATES_KEY)]))
+        override_metadata_namespace=METADATA_NAMESPACE)
     seen: set[str] = set()
     for b in model.backends:
         name = cluster_name(b)

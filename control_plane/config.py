@@ -70,7 +70,7 @@ class Health(_Strict):
     #: Retries into these backends may be at most this percent of their active requests
     #: (min `min_retry_concurrency`), so an outage cannot double the load on the survivors.
     retry_budget_percent: float = Field(default=20.0, ge=0, le=100)
-    min_retry_concurrency: int = Field(default=3, ge=0)
+    min_retry_concurrency: int = Field(default=32, ge=0)
 
 
 class Provider(_Strict):

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 if TYPE_CHECKING:
+    from ext_proc.stats import BackendHealth
     from ext_proc.table import RoutingClient
 
 REQUESTS = Counter("switchyard_requests_total", "Requests answered", ["model", "backend", "status"])
@@ -42,13 +43,16 @@ def observe(model: str, backend: str, status: int, latency: float, ttft: float |
         COST.labels(model, backend).inc(cost)
 
 
-async def start_http(address: str, port: int, routing: RoutingClient) -> web.AppRunner:
+async def start_http(address: str, port: int, routing: RoutingClient,
+                     health: BackendHealth | None = None) -> web.AppRunner:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:
         if routing.ready.is_set():
-            return web.json_response({"status": "ok", "routing_version": routing.routes.version})
+            return web.json_response({
+                "status": "ok", "routing_version": routing.routes.version,
+                "unhealthy_backends": health.snapshot() if health else {}})
         return web.json_response({"status": "waiting for routing table"}, status=503)
 
     app = web.Application()

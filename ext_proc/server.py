@@ -51,17 +51,23 @@ METADATA_NAMESPACE = "switchyard"
 RID_HEADER = "x-switchyard-rid"
 _INTERNAL_PREFIX = "x-switchyard-"
 #: Client headers that must never reach a provider (the gateway sets its own credentials).
+#: Upstream filters mutate the one header map every attempt of a request shares, so each
+#: attempt strips every credential/provider header any adapter might have set for an earlier
+#: attempt before setting its own. The request id header stays: later attempts need it.
 _STRIP_UPSTREAM = (
     "authorization",
     "x-api-key",
     "api-key",
     "anthropic-version",
     "x-goog-api-key",
+    "x-amz-date",
+    "x-amz-security-token",
+    "x-amz-content-sha256",
+    "accept",
     "cookie",
     MODEL_HEADER,
     "x-envoy-max-retries",
     "x-envoy-upstream-rq-per-try-timeout-ms",
-    RID_HEADER,
 )
 _ATTR_NS = "envoy.filters.http.ext_proc"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -189,7 +195,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             if st is not None:
                 self.inflight.pop(st.rid, None)
                 if not st.logged and st.model:
-                    self._finish(st, outcome="client_disconnected" if st.status == 0 else "aborted")
+                    self._finish(st, outcome=_interrupted(st))
 
     # -- route phase ------------------------------------------------------------------------
     def _on_request_headers(self, st: RequestState, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
@@ -240,6 +246,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             st.candidates = cands = candidates(model, body, self.health)
         except ContextTooLong as exc:
             metrics.REJECTED.labels(reason="context_length_exceeded").inc()
+            st.status = 400
+            self._finish(st, outcome="rejected_context_length")
             return _error(400, str(exc), "invalid_request_error", "context_length_exceeded",
                           "messages")
         self.inflight[st.rid] = st
@@ -277,7 +285,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             if len(self._order_cache) > 4096:
                 self._order_cache.clear()
             cached = struct_pb2.Struct()
-            cached.update({METADATA_NAMESPACE: {"candidates": [
+            cached.update({METADATA_NAMESPACE: {"priority_groups": [
                 {"name": c, "clusters": [{"cluster_name": c, "weight": 1}]} for c in key]}})
             self._order_cache[key] = cached
         return cached
@@ -383,6 +391,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         metrics.ATTEMPTS.labels(backend.label, status.decode()).inc()
         if status == b"429":
             self.health.cool_down(backend.cluster, retry_after)
+        else:
+            self.health.record(backend.cluster, status[:1] == b"5")
 
     def _attempt(self, req: pb.ProcessingRequest, out: list[BackendInfo]
                  ) -> pb.ProcessingResponse:
@@ -428,7 +438,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 response=pb.CommonResponse(
                     status=pb.CommonResponse.CONTINUE_AND_REPLACE,
                     header_mutation=pb.HeaderMutation(
-                        set_headers=set_headers, remove_headers=_STRIP_UPSTREAM
+                        set_headers=set_headers,
+                        remove_headers=[*_STRIP_UPSTREAM,
+                                        *self.routing.routes.static_header_names]
                     ),
                     body_mutation=pb.BodyMutation(body=body),
                 )
@@ -497,6 +509,16 @@ class _EnvoyErrorHandler:
         )
 
 
+def _interrupted(st: RequestState) -> str:
+    """Why a request's stream ended without its last body chunk."""
+    if st.status == 0:
+        return "client_disconnected"
+    if st.t_first is not None:
+        # After the first byte Envoy cannot retry; it resets the client's stream instead.
+        return "interrupted_mid_stream"
+    return "aborted"
+
+
 def _check_chat(body: Any) -> tuple[str | None, str] | None:
     """Cheap structural checks of an OpenAI chat request: (param, message) or None if fine."""
     if not isinstance(body, dict):
@@ -535,7 +557,7 @@ async def serve(
     pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     bound = server.add_insecure_port(f"{address}:{port}")
     await server.start()
-    http = await metrics.start_http(address, metrics_port, routing)
+    http = await metrics.start_http(address, metrics_port, routing, health)
     syslog.info(
         "ext_proc listening",
         address=address,

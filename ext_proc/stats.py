@@ -23,6 +23,9 @@ log = structlog.get_logger("switchyard.ext_proc.stats")
 
 POLL_INTERVAL_S = 0.5
 MAX_COOLDOWN_S = 300.0
+#: Consecutive 5xx seen locally before a backend is demoted for FAST_DEMOTE_S.
+FAST_DEMOTE_AFTER = 3
+FAST_DEMOTE_S = 2.0
 
 
 class BackendHealth:
@@ -31,6 +34,27 @@ class BackendHealth:
         self.breaker_open: frozenset[str] = frozenset()
         #: cluster -> monotonic time until which it should not get new first attempts.
         self.cooling: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+
+    def snapshot(self) -> dict[str, str]:
+        """cluster -> why it is ordered last right now (for /healthz)."""
+        now = time.monotonic()
+        out = {c: "cooling_down" for c, until in self.cooling.items() if until > now}
+        out.update({c: "circuit_breaker_open" for c in self.breaker_open})
+        out.update({c: "ejected" for c in self.ejected})
+        return out
+
+    def record(self, cluster: str, failed: bool) -> None:
+        """Seen by the translate phase: demote a backend at once after a few 5xx in a row,
+        before Envoy's ejection shows up in the next admin poll."""
+        if not failed:
+            self._failures.pop(cluster, None)
+            return
+        n = self._failures.get(cluster, 0) + 1
+        self._failures[cluster] = n
+        if n >= FAST_DEMOTE_AFTER:
+            self.cooling[cluster] = max(self.cooling.get(cluster, 0.0),
+                                        time.monotonic() + FAST_DEMOTE_S)
 
     def unhealthy(self, cluster: str, now: float) -> bool:
         if cluster in self.ejected or cluster in self.breaker_open:

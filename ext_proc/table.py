@@ -60,6 +60,9 @@ class Routes:
     version: str
     models: dict[str, ModelInfo]
     clusters: dict[str, BackendInfo]
+    #: Every provider's static header names: an attempt removes them all before setting its
+    #: own provider's (earlier attempts' headers would otherwise leak into it).
+    static_header_names: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, table: routing_pb2.RoutingTable) -> Routes:
@@ -94,7 +97,9 @@ class Routes:
                 first_byte_timeout_ms=m.first_byte_timeout_ms, hedge_after_ms=m.hedge_after_ms)
             for m in table.models
         }
-        return cls(version=table.version, models=models, clusters=clusters)
+        static = tuple(sorted({k.lower() for p in providers.values() for k, _ in p.headers}))
+        return cls(version=table.version, models=models, clusters=clusters,
+                   static_header_names=static)
 
 
 EMPTY = Routes(version="", models={}, clusters={})

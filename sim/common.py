@@ -61,6 +61,9 @@ class SimOptions:
     hang: bool = False
     # Streams only: abort the TCP connection (RST) after this many SSE events were sent.
     reset_after_chunks: int | None = None
+    # Streams only: end the response cleanly (no [DONE] / message_stop) after this many events,
+    # like a provider that drops a stream without finishing it.
+    truncate_after_chunks: int | None = None
     # Overrides ttft_ms, to make one provider slow without changing the default.
     slow_first_token_ms: float | None = None
     # Fixed reply length in tokens; None derives it (24..48) from the prompt.
@@ -77,6 +80,10 @@ class SimOptions:
             (
                 self.reset_after_chunks is None or self.reset_after_chunks >= 0,
                 "reset_after_chunks must be >= 0",
+            ),
+            (
+                self.truncate_after_chunks is None or self.truncate_after_chunks >= 1,
+                "truncate_after_chunks must be >= 1",
             ),
             (
                 self.slow_first_token_ms is None or self.slow_first_token_ms >= 0,
@@ -303,6 +310,10 @@ class StreamAborted(Exception):
     """The stream was cut on purpose (fault or shutdown); the handler just returns."""
 
 
+class StreamTruncated(Exception):
+    """The stream is ended cleanly but early, on purpose (fault)."""
+
+
 async def reset_connection(request: web.Request) -> None:
     """Flush what was written, then close with RST like a crashed upstream."""
     transport = request.transport
@@ -450,6 +461,7 @@ class Provider(ABC):
             await asyncio.sleep(opts.first_token_ms / 1000.0)
         resp = web.StreamResponse(headers={**_SSE_HEADERS, **self.response_headers()})
         limit = opts.reset_after_chunks
+        truncate = opts.truncate_after_chunks
         sent = 0
 
         async def send(chunk: bytes) -> None:
@@ -461,6 +473,8 @@ class Provider(ABC):
             if sent == limit:
                 await reset_connection(request)
                 raise StreamAborted
+            if sent == truncate:
+                raise StreamTruncated
 
         try:
             await resp.prepare(request)
@@ -476,6 +490,8 @@ class Provider(ABC):
                 await send(chunk)
             for chunk in epilogue:
                 await send(chunk)
+            await resp.write_eof()
+        except StreamTruncated:
             await resp.write_eof()
         except (StreamAborted, ConnectionError):
             if not client_gone(request):

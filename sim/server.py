@@ -8,7 +8,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from sim.anthropic import AnthropicProvider
+from sim.bedrock import BedrockProvider
 from sim.common import INVALID_JSON, Provider, SimOptions, SimState, json_response, parse_body
+from sim.gemini import GeminiProvider, VertexProvider
 from sim.openai import OpenAIProvider
 
 __all__ = ["PROVIDERS", "STATE_KEY", "SimOptions", "SimRunner", "create_app", "start_sim"]
@@ -16,6 +18,9 @@ __all__ = ["PROVIDERS", "STATE_KEY", "SimOptions", "SimRunner", "create_app", "s
 PROVIDERS: Final[dict[str, type[Provider]]] = {
     OpenAIProvider.kind: OpenAIProvider,
     AnthropicProvider.kind: AnthropicProvider,
+    BedrockProvider.kind: BedrockProvider,
+    GeminiProvider.kind: GeminiProvider,
+    VertexProvider.kind: VertexProvider,
 }
 STATE_KEY: Final = web.AppKey("sim_state", SimState)
 # Loopback only: the simulator must never be reachable from outside the machine.

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from ext_proc.adapters.anthropic import AnthropicAdapter
 from ext_proc.adapters.base import Adapter, ResponseHandler
+from ext_proc.adapters.bedrock import BedrockAdapter
+from ext_proc.adapters.gemini import GeminiAdapter, VertexAdapter
 from ext_proc.adapters.openai import OpenAIAdapter
 
 ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
     "anthropic": AnthropicAdapter(),
+    "bedrock": BedrockAdapter(),
+    "gemini": GeminiAdapter(),
+    "vertex": VertexAdapter(),
 }
 
 __all__ = ["ADAPTERS", "Adapter", "ResponseHandler"]

@@ -17,6 +17,19 @@ from ext_proc.table import BackendInfo
 from ext_proc.translate import openai
 
 
+class _RelayStream(Stream):
+    """Same-schema stream; a stream that ends without `[DONE]` gets an error event appended:
+    a provider dropping a stream must never look like a clean, complete answer."""
+
+    def finish(self) -> bytes:
+        out = super().finish()
+        relay: openai.StreamRelay = self._t
+        if not relay.saw_done and relay.error is None:
+            out += openai.error_event("The upstream provider ended the stream before it was "
+                                      "complete", "api_error", "upstream_stream_truncated")
+        return out
+
+
 class OpenAIAdapter:
     api_path = "/v1/chat/completions"
 
@@ -31,7 +44,7 @@ class OpenAIAdapter:
     def response(self, status: int, content_type: str, req: dict[str, Any],
                  backend: BackendInfo) -> ResponseHandler:
         if status < 300 and is_sse(content_type):
-            return Stream(openai.StreamRelay(openai.client_wants_usage(req)))
+            return _RelayStream(openai.StreamRelay(openai.client_wants_usage(req)))
         if status < 300:
             return Buffered(json_usage(openai.usage_of), rewrites=False)
         return Buffered(keep, rewrites=False)

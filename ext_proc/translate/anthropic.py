@@ -2,11 +2,37 @@
 
 Requests go OpenAI -> Messages; responses, SSE streams and errors come back Messages -> OpenAI,
 so the official openai SDK works unchanged against a Claude backend.
+
+Choices where the two APIs differ (each chosen so a client never gets a silently wrong answer):
+
+- Tools map one to one. `tool` messages become `tool_result` blocks of a user turn; consecutive
+  ones, and a user message right after them, share one user turn (the API wants roles to
+  alternate and the results of one assistant turn together). Tool ids outside Anthropic's
+  `[A-Za-z0-9_-]` alphabet are rewritten the same way in `tool_use` and `tool_result`.
+- JSON mode: Anthropic has no `response_format`. `json_object`/`json_schema` become one extra
+  tool (named after the schema, or `json_response`) whose `input_schema` is the schema, forced
+  with `tool_choice: {type: tool}` (with user tools too: `{type: any}`, so the model still
+  picks between a real call and the answer). Its `tool_use` input comes back as
+  `message.content` (a JSON string) with finish_reason `stop`, in streams as content deltas.
+  The response side must be told the tool's name (`json_tool=json_tool_name(req)`): a user tool
+  with the same name is otherwise indistinguishable.
+- `reasoning_effort` becomes extended thinking with a fixed budget (low 1024, medium 4096, high
+  16384, xhigh 32768; minimal/none: off). OpenAI counts reasoning inside the completion limit,
+  Anthropic needs `max_tokens > budget_tokens`, so a smaller limit is raised by the budget.
+  Thinking is left off where the API would refuse it: with a forced tool choice (JSON mode
+  included), and when the current turn replays `tool_use` without its signed thinking blocks
+  (OpenAI history cannot carry them). With thinking on, `temperature` and a `top_p` below 0.95
+  are dropped (the API only accepts the defaults then).
+- Thinking blocks come back as `message.reasoning_content` (a delta field in streams), the
+  de-facto field of OpenAI-compatible servers; signatures and redacted thinking are dropped.
+- Not expressible, so rejected with a 400 naming the parameter: `n > 1`, legacy
+  `functions`/`function_call`, non-function tools, audio parts.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any
 
@@ -17,10 +43,13 @@ from .sse import SSEEvent, SSEParser, parse_frame
 
 __all__ = [
     "API_VERSION",
+    "JSON_TOOL",
     "PATH",
+    "THINKING_BUDGETS",
     "StreamToOpenAI",
     "error_to_openai",
     "finish_reason",
+    "json_tool_name",
     "request_from_openai",
     "response_to_openai",
     "usage_of",
@@ -28,6 +57,17 @@ __all__ = [
 
 PATH = "/v1/messages"
 API_VERSION = "2023-06-01"  # the `anthropic-version` request header
+JSON_TOOL = "json_response"  # the emulated JSON mode's tool when the schema has no name
+
+# reasoning_effort -> thinking budget_tokens (None: thinking off). 1024 is the API's minimum.
+THINKING_BUDGETS: dict[str, int | None] = {
+    "none": None,
+    "minimal": None,
+    "low": 1024,
+    "medium": 4096,
+    "high": 16384,
+    "xhigh": 32768,
+}
 
 _FINISH = {
     "end_turn": "stop",
@@ -70,9 +110,9 @@ _USAGE_KEYS = (
     "cache_creation_input_tokens",
 )
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
-# Tool calling arrives in a later issue; until then these are rejected, not silently dropped.
-_TOOL_PARAMS = ("tools", "tool_choice", "functions", "function_call")
-_NO_TOOLS = "tools are not supported for this backend yet"
+_LEGACY = "functions/function_call are deprecated and not supported for this backend; use tools"
+_TOOL_ID_BAD = re.compile(r"[^A-Za-z0-9_-]")
+_EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
 
 def finish_reason(stop_reason: str | None) -> str:
@@ -101,22 +141,26 @@ def _text_of(content: Any, param: str) -> str:
     raise TranslationError("content must be a string or a list of parts", param=param)
 
 
+def _data_url(url: str, param: str) -> tuple[str, str]:
+    """(media type, base64 payload) of a base64 data URL."""
+    header, sep, payload = url[5:].partition(",")
+    media_type, _, encoding = header.partition(";")
+    if not sep or encoding != "base64":
+        raise TranslationError("data URLs must be base64 encoded", param=param)
+    return media_type, payload
+
+
 def _image_block(part: dict[str, Any], param: str) -> dict[str, Any]:
     iu = part.get("image_url")
     url = iu.get("url") if isinstance(iu, dict) else iu
+    p = f"{param}.image_url"
     if not isinstance(url, str):
-        raise TranslationError("image_url.url must be a string", param=f"{param}.image_url")
+        raise TranslationError("image_url.url must be a string", param=p)
     if url.startswith("data:"):
-        header, sep, payload = url[5:].partition(",")
-        media_type, _, encoding = header.partition(";")
-        if not sep or encoding != "base64":
-            raise TranslationError(
-                "image data URLs must be base64 encoded", param=f"{param}.image_url"
-            )
+        media_type, payload = _data_url(url, p)
         if media_type not in _IMAGE_TYPES:
             raise TranslationError(
-                f"unsupported image type {media_type!r}; use jpeg, png, gif or webp",
-                param=f"{param}.image_url",
+                f"unsupported image type {media_type!r}; use jpeg, png, gif or webp", param=p
             )
         return {
             "type": "image",
@@ -124,15 +168,29 @@ def _image_block(part: dict[str, Any], param: str) -> dict[str, Any]:
         }
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
-    raise TranslationError(
-        "image_url must be an http(s) URL or a base64 data URL", param=f"{param}.image_url"
-    )
+    raise TranslationError("image_url must be an http(s) URL or a base64 data URL", param=p)
+
+
+def _file_block(part: dict[str, Any], param: str) -> dict[str, Any]:
+    """An inline PDF `file` part -> a base64 `document` block (file ids live at OpenAI only)."""
+    f = part.get("file")
+    data = f.get("file_data") if isinstance(f, dict) else None
+    p = f"{param}.file"
+    if not isinstance(data, str) or not data.startswith("data:"):
+        raise TranslationError("only inline file_data (a base64 data URL) is supported", param=p)
+    media_type, payload = _data_url(data, p)
+    if media_type != "application/pdf":
+        raise TranslationError(f"unsupported file type {media_type!r}; use PDF", param=p)
+    return {
+        "type": "document",
+        "source": {"type": "base64", "media_type": media_type, "data": payload},
+    }
 
 
 def _blocks(content: Any, param: str) -> list[dict[str, Any]]:
-    """Anthropic content blocks for a user/assistant message's content."""
+    """Anthropic content blocks for a user/assistant/tool message's content."""
     if isinstance(content, str):
-        return [{"type": "text", "text": content}]
+        return [{"type": "text", "text": content}] if content else []
     if content is None:
         return []
     if not isinstance(content, list):
@@ -151,6 +209,8 @@ def _blocks(content: Any, param: str) -> list[dict[str, Any]]:
                 blocks.append({"type": "text", "text": text})
         elif kind == "image_url":
             blocks.append(_image_block(part, p))
+        elif kind == "file":
+            blocks.append(_file_block(part, p))
         elif kind == "refusal":  # an earlier assistant refusal, replayed as text
             refusal = part.get("refusal")
             if isinstance(refusal, str) and refusal:
@@ -160,6 +220,61 @@ def _blocks(content: Any, param: str) -> list[dict[str, Any]]:
                 f"content part type {kind!r} is not supported for this backend", param=p
             )
     return blocks
+
+
+def _tool_id(v: Any, param: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise TranslationError("tool call ids must be non-empty strings", param=param)
+    return _TOOL_ID_BAD.sub("_", v) if _TOOL_ID_BAD.search(v) else v
+
+
+def _tool_use(call: Any, param: str) -> dict[str, Any]:
+    """An assistant `tool_calls` entry -> a `tool_use` block (arguments parsed to an object)."""
+    if not isinstance(call, dict):
+        raise TranslationError("tool calls must be objects", param=param)
+    if call.get("type", "function") != "function":
+        raise TranslationError("only function tool calls are supported", param=f"{param}.type")
+    fn = call.get("function")
+    if not isinstance(fn, dict):
+        raise TranslationError("tool calls need a `function` object", param=f"{param}.function")
+    name = fn.get("name")
+    if not isinstance(name, str) or not name:
+        raise TranslationError("function.name must be a string", param=f"{param}.function.name")
+    args = fn.get("arguments")
+    p = f"{param}.function.arguments"
+    if args is None or args == "":
+        value: Any = {}  # some models emit "" for a call without arguments
+    elif isinstance(args, str):
+        try:
+            value = orjson.loads(args)
+        except orjson.JSONDecodeError:
+            raise TranslationError("function.arguments is not valid JSON", param=p) from None
+    else:
+        value = args
+    if not isinstance(value, dict):
+        raise TranslationError("function.arguments must encode a JSON object", param=p)
+    return {
+        "type": "tool_use",
+        "id": _tool_id(call.get("id"), f"{param}.id"),
+        "name": name,
+        "input": value,
+    }
+
+
+def _merge(out: list[dict[str, Any]], role: str, value: str | list[dict[str, Any]]) -> None:
+    """Append a turn, merging into the previous one of the same role (roles must alternate)."""
+    if not out or out[-1]["role"] != role:
+        out.append({"role": role, "content": value})
+        return
+    prev = out[-1]
+    blocks = prev["content"]
+    if isinstance(blocks, str):
+        blocks = prev["content"] = [{"type": "text", "text": blocks}] if blocks else []
+    if isinstance(value, str):
+        if value:
+            blocks.append({"type": "text", "text": value})
+    else:
+        blocks.extend(value)
 
 
 def _messages(msgs: Any) -> tuple[list[str], list[dict[str, Any]]]:
@@ -174,34 +289,47 @@ def _messages(msgs: Any) -> tuple[list[str], list[dict[str, Any]]]:
             raise TranslationError("messages must be objects", param=param)
         role = m.get("role")
         content = m.get("content")
+        value: str | list[dict[str, Any]]
         if role in ("system", "developer"):
             system.append(_text_of(content, f"{param}.content"))
             continue
-        if role == "user" or role == "assistant":
-            if m.get("tool_calls") or m.get("function_call"):
-                raise TranslationError(_NO_TOOLS, param="tools")
-            if content is None and role == "user":
+        if role == "user":
+            if content is None:
                 raise TranslationError("user messages need content", param=f"{param}.content")
-        elif role in ("tool", "function"):
-            raise TranslationError(_NO_TOOLS, param="tools")
+            value = content if isinstance(content, str) else _blocks(content, f"{param}.content")
+        elif role == "assistant":
+            if m.get("function_call"):
+                raise TranslationError(_LEGACY, param=f"{param}.function_call")
+            calls = m.get("tool_calls")
+            if calls:
+                if not isinstance(calls, list):
+                    raise TranslationError(
+                        "tool_calls must be an array", param=f"{param}.tool_calls"
+                    )
+                value = _blocks(content, f"{param}.content")
+                value.extend(_tool_use(c, f"{param}.tool_calls[{j}]") for j, c in enumerate(calls))
+            elif isinstance(content, str):
+                value = content
+            else:
+                value = _blocks(content, f"{param}.content")
+            if not value:
+                continue  # an empty assistant turn carries nothing and Anthropic rejects it
+        elif role == "tool":
+            result: dict[str, Any] = {
+                "type": "tool_result",
+                "tool_use_id": _tool_id(m.get("tool_call_id"), f"{param}.tool_call_id"),
+            }
+            if isinstance(content, str):
+                if content:
+                    result["content"] = content
+            elif blocks := _blocks(content, f"{param}.content"):
+                result["content"] = blocks
+            role, value = "user", [result]
+        elif role == "function":
+            raise TranslationError(_LEGACY, param=f"{param}.role")
         else:
             raise TranslationError(f"unsupported role {role!r}", param=f"{param}.role")
-        value = content if isinstance(content, str) else _blocks(content, f"{param}.content")
-        if role == "assistant" and not value:
-            continue  # an empty assistant turn carries nothing and Anthropic rejects it
-        if out and out[-1]["role"] == role:
-            # Merge consecutive same-role turns: the Messages API wants them alternating.
-            prev = out[-1]
-            blocks = prev["content"]
-            if isinstance(blocks, str):
-                blocks = prev["content"] = [{"type": "text", "text": blocks}] if blocks else []
-            if isinstance(value, str):
-                if value:
-                    blocks.append({"type": "text", "text": value})
-            else:
-                blocks.extend(value)
-        else:
-            out.append({"role": role, "content": value})
+        _merge(out, role, value)
     if not out:
         raise TranslationError(
             "at least one user or assistant message is required", param="messages"
@@ -221,6 +349,137 @@ def _number(v: Any, param: str) -> float:
     return v
 
 
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    """OpenAI function tools -> Anthropic tools (`strict` dropped: not every model takes it)."""
+    if not isinstance(tools, list):
+        raise TranslationError("tools must be an array", param="tools")
+    out: list[dict[str, Any]] = []
+    for j, t in enumerate(tools):
+        p = f"tools[{j}]"
+        if not isinstance(t, dict) or t.get("type") != "function":
+            raise TranslationError("only function tools are supported", param=f"{p}.type")
+        fn = t.get("function")
+        if not isinstance(fn, dict):
+            raise TranslationError("tools need a `function` object", param=f"{p}.function")
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise TranslationError("function.name must be a string", param=f"{p}.function.name")
+        schema = fn.get("parameters")
+        if schema is None:
+            schema = _EMPTY_SCHEMA
+        elif not isinstance(schema, dict):
+            raise TranslationError(
+                "function.parameters must be a JSON schema object", param=f"{p}.function.parameters"
+            )
+        tool: dict[str, Any] = {"name": name}
+        desc = fn.get("description")
+        if isinstance(desc, str) and desc:
+            tool["description"] = desc
+        tool["input_schema"] = schema
+        out.append(tool)
+    return out
+
+
+def _tool_choice(tc: Any, names: set[str]) -> dict[str, Any] | None:
+    if tc is None:
+        return None
+    if tc == "auto":
+        return {"type": "auto"}
+    if tc == "required":
+        return {"type": "any"}
+    if tc == "none":
+        return {"type": "none"}
+    if isinstance(tc, dict) and tc.get("type") == "function":
+        fn = tc.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or name not in names:
+            raise TranslationError(
+                "tool_choice names a function that is not in tools", param="tool_choice"
+            )
+        return {"type": "tool", "name": name}
+    raise TranslationError(
+        "tool_choice must be 'auto', 'required', 'none' or a function choice",
+        param="tool_choice",
+    )
+
+
+def _json_tool(rf: Any) -> dict[str, Any] | None:
+    """The forced tool that emulates `response_format` JSON modes (None for plain text)."""
+    if rf is None:
+        return None
+    kind = rf.get("type") if isinstance(rf, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {
+            "name": JSON_TOOL,
+            "description": "Respond with the final answer as a JSON object by calling this tool.",
+            "input_schema": {"type": "object"},
+        }
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        if not isinstance(js, dict):
+            raise TranslationError(
+                "json_schema must be an object", param="response_format.json_schema"
+            )
+        name = js.get("name") or JSON_TOOL
+        schema = js.get("schema")
+        if schema is None:
+            schema = {"type": "object"}
+        if not isinstance(name, str) or not isinstance(schema, dict):
+            raise TranslationError(
+                "json_schema needs a string name and an object schema",
+                param="response_format.json_schema",
+            )
+        if schema.get("type", "object") != "object":
+            raise TranslationError(
+                "this backend only supports JSON schemas whose root is an object",
+                param="response_format.json_schema.schema",
+            )
+        desc = js.get("description")
+        return {
+            "name": name,
+            "description": desc
+            if isinstance(desc, str) and desc
+            else "Respond with the final answer by calling this tool; its input is the answer.",
+            "input_schema": schema,
+        }
+    raise TranslationError(
+        "response_format.type must be 'text', 'json_object' or 'json_schema'",
+        param="response_format",
+    )
+
+
+def json_tool_name(req: dict[str, Any]) -> str | None:
+    """Name of the tool that emulates the request's JSON mode; pass it to the response side."""
+    rf = req.get("response_format")
+    if not isinstance(rf, dict) or rf.get("type") not in ("json_object", "json_schema"):
+        return None
+    js = rf.get("json_schema")
+    name = js.get("name") if isinstance(js, dict) else None
+    return name if isinstance(name, str) and name else JSON_TOOL
+
+
+def _replays_unsigned_tool_use(messages: list[dict[str, Any]]) -> bool:
+    """Whether the current turn (after the last real user input) has assistant tool_use.
+
+    With thinking on, the API wants such turns to start with their signed thinking block,
+    which OpenAI-shaped history cannot carry.
+    """
+    for m in reversed(messages):
+        content = m["content"]
+        if isinstance(content, str):
+            if m["role"] == "user":
+                return False
+            continue
+        kinds = {b.get("type") for b in content}
+        if m["role"] == "assistant" and "tool_use" in kinds:
+            return True
+        if m["role"] == "user" and kinds - {"tool_result"}:
+            return False
+    return False
+
+
 def request_from_openai(
     req: dict[str, Any], upstream_model: str, default_max_tokens: int = 4096
 ) -> bytes:
@@ -228,9 +487,9 @@ def request_from_openai(
 
     Unknown or unmapped OpenAI params (stream_options, seed, penalties, ...) are dropped.
     """
-    for key in _TOOL_PARAMS:
+    for key in ("functions", "function_call"):
         if req.get(key):
-            raise TranslationError(_NO_TOOLS, param=key)
+            raise TranslationError(_LEGACY, param=key)
     n = req.get("n")
     if n is not None and n != 1:
         raise TranslationError("n > 1 is not supported for this backend", param="n")
@@ -242,11 +501,11 @@ def request_from_openai(
 
     mct = req.get("max_completion_tokens")
     if mct is not None:
-        out["max_tokens"] = _positive_int(mct, "max_completion_tokens")
+        max_tokens = _positive_int(mct, "max_completion_tokens")
     elif (mt := req.get("max_tokens")) is not None:
-        out["max_tokens"] = _positive_int(mt, "max_tokens")
+        max_tokens = _positive_int(mt, "max_tokens")
     else:
-        out["max_tokens"] = default_max_tokens
+        max_tokens = default_max_tokens
 
     stop = req.get("stop")
     if isinstance(stop, str):
@@ -259,12 +518,63 @@ def request_from_openai(
     elif stop is not None:
         raise TranslationError("stop must be a string or a list of strings", param="stop")
 
+    # Tools, tool_choice and the JSON-mode tool.
+    tools = _tools(req["tools"]) if req.get("tools") else []
+    names = {t["name"] for t in tools}
+    choice = _tool_choice(req.get("tool_choice"), names)
+    if not tools and choice is not None:
+        if choice["type"] not in ("auto", "none"):
+            raise TranslationError("tool_choice requires tools", param="tool_choice")
+        choice = None
+    if req.get("parallel_tool_calls") is False and tools and (choice or {}).get("type") != "none":
+        choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+    jtool = _json_tool(req.get("response_format"))
+    if jtool is not None:
+        if jtool["name"] in names:
+            raise TranslationError(
+                f"the JSON mode tool name {jtool['name']!r} clashes with a tool",
+                param="response_format",
+            )
+        ctype = choice["type"] if choice else "auto"
+        if not tools or ctype == "none":
+            choice = {"type": "tool", "name": jtool["name"], "disable_parallel_tool_use": True}
+        elif ctype == "auto":
+            choice = {**(choice or {}), "type": "any"}
+        tools.append(jtool)
+    if tools:
+        out["tools"] = tools
+    if choice is not None:
+        out["tool_choice"] = choice
+
+    # Extended thinking.
+    effort = req.get("reasoning_effort")
+    budget = None
+    if effort is not None:
+        if effort not in THINKING_BUDGETS:
+            raise TranslationError(
+                "reasoning_effort must be one of " + ", ".join(THINKING_BUDGETS),
+                param="reasoning_effort",
+            )
+        budget = THINKING_BUDGETS[effort]
+        forced = choice is not None and choice["type"] in ("any", "tool")
+        if forced or _replays_unsigned_tool_use(messages):
+            budget = None
+    if budget is not None:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if max_tokens <= budget:
+            max_tokens += budget
+    out["max_tokens"] = max_tokens
+
     t = req.get("temperature")
     if t is not None:  # OpenAI allows 0..2, Anthropic 0..1
-        out["temperature"] = min(max(_number(t, "temperature"), 0.0), 1.0)
+        t = min(max(_number(t, "temperature"), 0.0), 1.0)
+        if budget is None:
+            out["temperature"] = t
     top_p = req.get("top_p")
     if top_p is not None:
-        out["top_p"] = _number(top_p, "top_p")
+        top_p = _number(top_p, "top_p")
+        if budget is None or top_p >= 0.95:
+            out["top_p"] = top_p
     if req.get("stream"):
         out["stream"] = True
     user = req.get("user")
@@ -303,27 +613,63 @@ def usage_of(resp: dict[str, Any]) -> tuple[int, int] | None:
     return prompt, completion
 
 
-def response_to_openai(resp: dict[str, Any], alias: str) -> bytes:
-    """Anthropic message -> OpenAI `chat.completion` body, reporting the client's model alias."""
-    text = "".join(
-        b.get("text", "")
-        for b in resp.get("content") or ()
-        if isinstance(b, dict) and b.get("type") == "text"
-    )
-    # tool_use blocks map to message.tool_calls once tools are supported.
+def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": block.get("id", ""),
+        "type": "function",
+        "function": {
+            "name": block.get("name", ""),
+            "arguments": orjson.dumps(block.get("input") or {}).decode(),
+        },
+    }
+
+
+def response_to_openai(resp: dict[str, Any], alias: str, json_tool: str | None = None) -> bytes:
+    """Anthropic message -> OpenAI `chat.completion` body, reporting the client's model alias.
+
+    `json_tool` names the tool that emulates JSON mode: its input becomes the content.
+    """
+    texts: list[str] = []
+    thinking: list[str] = []
+    calls: list[dict[str, Any]] = []
+    json_text: str | None = None
+    for b in resp.get("content") or ():
+        if not isinstance(b, dict):
+            continue
+        kind = b.get("type")
+        if kind == "text":
+            texts.append(b.get("text", ""))
+        elif kind == "tool_use":
+            if json_tool is not None and json_text is None and b.get("name") == json_tool:
+                json_text = orjson.dumps(b.get("input") or {}).decode()
+            else:
+                calls.append(_tool_call(b))
+        elif kind == "thinking":
+            thinking.append(b.get("thinking", ""))
+        # redacted_thinking and server-tool blocks have no OpenAI form.
+    finish = finish_reason(resp.get("stop_reason"))
+    content: str | None
+    if json_text is not None:
+        content = json_text  # a preamble before the JSON would break the client's parse
+        if finish == "tool_calls" and not calls:
+            finish = "stop"
+    else:
+        content = "".join(texts)
+        if not content and calls:
+            content = None
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+        if finish == "stop":
+            finish = "tool_calls"
+    if thinking:
+        message["reasoning_content"] = "".join(thinking)
     out = {
         "id": f"chatcmpl-{resp.get('id', '')}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": alias,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish_reason(resp.get("stop_reason")),
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
         "usage": _openai_usage(*_usage(resp.get("usage"))),
     }
     return orjson.dumps(out)
@@ -362,6 +708,9 @@ def error_to_openai(status: int, body: bytes) -> bytes:
 
 # ----------------------------------------------------------------------------- streams
 
+# What an Anthropic content block index stands for in the OpenAI stream.
+_TEXT, _THINKING, _JSON, _IGNORED = -1, -2, -3, -4  # >= 0: the OpenAI tool_calls index
+
 
 class StreamToOpenAI:
     """Translate an Anthropic Messages SSE stream into OpenAI `chat.completion.chunk` SSE.
@@ -372,12 +721,16 @@ class StreamToOpenAI:
 
     __slots__ = (
         "_alias",
+        "_blocks",
         "_created",
         "_id",
         "_include_usage",
+        "_json_tool",
+        "_n_tools",
         "_parser",
         "_prefix",
         "_raw_usage",
+        "_saw_json",
         "_suffix",
         "cached_tokens",
         "done",
@@ -387,15 +740,19 @@ class StreamToOpenAI:
         "usage",
     )
 
-    def __init__(self, alias: str, include_usage: bool) -> None:
+    def __init__(self, alias: str, include_usage: bool, json_tool: str | None = None) -> None:
         self._alias = alias
         self._include_usage = include_usage
+        self._json_tool = json_tool
         self._parser = SSEParser()
         self._created = int(time.time())
         self._id: str | None = None
         self._prefix = b""  # chunk bytes before a content delta's JSON string
         self._suffix = b""  # and after it
         self._raw_usage: dict[str, int] = {}
+        self._blocks: dict[int, int] = {}  # Anthropic block index -> _TEXT/... or tool index
+        self._n_tools = 0
+        self._saw_json = False
         self.usage: tuple[int, int] | None = None
         self.cached_tokens = 0
         self.done = False
@@ -457,6 +814,16 @@ class StreamToOpenAI:
             obj["usage"] = None
         return b"data: " + orjson.dumps(obj) + b"\n\n"
 
+    def _content(self, text: str) -> bytes:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        return self._prefix + orjson.dumps(text) + self._suffix
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        return self._chunk(delta, None)
+
     def _usage_chunk(self) -> bytes:
         prompt, completion = self.usage or (0, 0)
         obj: dict[str, Any] = {
@@ -488,13 +855,10 @@ class StreamToOpenAI:
             out.append(self._start(None))  # no message_start seen: still open properly
         if kind == "content_block_delta":
             delta = obj.get("delta")
-            if isinstance(delta, dict) and delta.get("type") == "text_delta":
-                text = delta.get("text")
-                if isinstance(text, str) and text:
-                    if self.first_token_at is None:
-                        self.first_token_at = time.monotonic()
-                    out.append(self._prefix + orjson.dumps(text) + self._suffix)
-            # input_json_delta (tools), thinking/signature/citations deltas: not relayed yet.
+            index = obj.get("index")
+            if isinstance(delta, dict):
+                slot = self._blocks.get(index, _TEXT) if isinstance(index, int) else _TEXT
+                self._block_delta(slot, delta, out)
         elif kind == "message_start":
             msg = obj.get("message")
             msg = msg if isinstance(msg, dict) else {}
@@ -503,12 +867,9 @@ class StreamToOpenAI:
                 out.append(self._start(msg.get("id")))
         elif kind == "content_block_start":
             block = obj.get("content_block")
-            if isinstance(block, dict) and block.get("type") == "text":
-                text = block.get("text")
-                if isinstance(text, str) and text:
-                    if self.first_token_at is None:
-                        self.first_token_at = time.monotonic()
-                    out.append(self._prefix + orjson.dumps(text) + self._suffix)
+            index = obj.get("index")
+            if isinstance(block, dict) and isinstance(index, int):
+                self._block_start(index, block, out)
         elif kind == "message_delta":
             self._message_delta(obj, out)
         elif kind == "message_stop":
@@ -528,6 +889,57 @@ class StreamToOpenAI:
             msg = err.get("message")
             out.append(self._fail(msg if isinstance(msg, str) else "upstream error", type_, code))
         # ping, content_block_stop and unknown future events: nothing to send.
+
+    def _block_start(self, index: int, block: dict[str, Any], out: list[bytes]) -> None:
+        kind = block.get("type")
+        if kind == "text":
+            self._blocks[index] = _TEXT
+            text = block.get("text")
+            if isinstance(text, str) and text:
+                out.append(self._content(text))
+        elif kind == "thinking":
+            self._blocks[index] = _THINKING
+            text = block.get("thinking")
+            if isinstance(text, str) and text:
+                out.append(self._delta({"reasoning_content": text}))
+        elif kind == "tool_use":
+            name = block.get("name")
+            if self._json_tool is not None and not self._saw_json and name == self._json_tool:
+                self._blocks[index] = _JSON
+                self._saw_json = True
+                return
+            slot = self._blocks[index] = self._n_tools
+            self._n_tools += 1
+            call = {
+                "index": slot,
+                "id": block.get("id", ""),
+                "type": "function",
+                "function": {"name": name or "", "arguments": ""},
+            }
+            out.append(self._delta({"tool_calls": [call]}))
+        else:  # redacted_thinking, server tools: no OpenAI form
+            self._blocks[index] = _IGNORED
+
+    def _block_delta(self, slot: int, delta: dict[str, Any], out: list[bytes]) -> None:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta.get("text")
+            if isinstance(text, str) and text and slot == _TEXT:
+                out.append(self._content(text))
+        elif kind == "input_json_delta":
+            part = delta.get("partial_json")
+            if not isinstance(part, str) or not part:
+                return
+            if slot == _JSON:
+                out.append(self._content(part))
+            elif slot >= 0:
+                call = {"index": slot, "function": {"arguments": part}}
+                out.append(self._delta({"tool_calls": [call]}))
+        elif kind == "thinking_delta":
+            text = delta.get("thinking")
+            if isinstance(text, str) and text:
+                out.append(self._delta({"reasoning_content": text}))
+        # signature_delta, citations_delta and unknown deltas: nothing to send.
 
     def _merge_usage(self, u: Any) -> None:
         """message_start has the input side, message_delta the (cumulative) output side."""
@@ -549,5 +961,10 @@ class StreamToOpenAI:
             return
         if self._id is None:
             out.append(self._start(None))
-        self.finish_reason = finish_reason(stop)
-        out.append(self._chunk({}, self.finish_reason))
+        finish = finish_reason(stop)
+        if finish == "tool_calls" and not self._n_tools:
+            finish = "stop"  # only the JSON-mode tool was called
+        elif finish == "stop" and self._n_tools:
+            finish = "tool_calls"
+        self.finish_reason = finish
+        out.append(self._chunk({}, finish))
