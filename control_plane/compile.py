@@ -24,6 +24,10 @@ from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2  
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
+from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F401
+    previous_priorities_config_pb2,
+)
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import any_pb2, json_format, wrappers_pb2
@@ -101,7 +105,7 @@ def _ext_proc_disabled() -> dict[str, Any]:
     return {"envoy.filters.http.ext_proc": {"@type": _EXT_PROC_PER_ROUTE, "disabled": True}}
 
 
-def _upstream_ext_proc(cfg: GatewayConfig) -> dict[str, Any]:
+def _upstream_ext_proc(cfg: GatewayConfig, host_metadata: bool = False) -> dict[str, Any]:
     """Translate phase: runs once per attempt inside the cluster, headers only.
 
     The body is replaced from the route phase's in-memory copy (CONTINUE_AND_REPLACE), so
@@ -123,7 +127,8 @@ def _upstream_ext_proc(cfg: GatewayConfig) -> dict[str, Any]:
                 "response_body_mode": "NONE",
                 "response_trailer_mode": "SKIP",
             },
-            "request_attributes": ["xds.cluster_name"],
+            "request_attributes": ["xds.cluster_name"]
+            + (["xds.upstream_host_metadata"] if host_metadata else []),
             "mutation_rules": {"allow_all_routing": True},
         },
     }
@@ -189,19 +194,70 @@ def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provid
         },
     }
     if provider.tls:
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-                         "UpstreamTlsContext",
-                "sni": provider.host,
-                "common_tls_context": {
-                    "alpn_protocols": ["h2", "http/1.1"],
-                    "validation_context": {"trusted_ca": {"filename": CA_BUNDLE}},
-                },
-            },
-        }
+        cluster["transport_socket"] = _tls_socket(provider.host)
     return cluster
+
+
+HEDGE_PREFIX = "hedge."
+
+
+def hedge_cluster_name(alias: str) -> str:
+    return HEDGE_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", alias)
+
+
+def _hedge_cluster(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, Any]:
+    """One cluster holding every backend of a hedged model, backend i at priority i.
+
+    Envoy does not re-run the cluster specifier for a hedged attempt, so hedging moves between
+    hosts of one cluster instead: `previous_priorities` sends attempt k to priority k. Each
+    endpoint's metadata names its backend cluster, which the translate phase reads (via
+    `xds.upstream_host_metadata`) to translate the attempt for that backend."""
+    name = hedge_cluster_name(alias)
+    first = model.backends[0]
+    cluster = _cluster(cfg, name, first.provider, cfg.providers[first.provider], first)
+    providers = [cfg.providers[b.provider] for b in model.backends]
+    endpoints = []
+    for priority, (b, p) in enumerate(zip(model.backends, providers, strict=True)):
+        meta: dict[str, Any] = {"switchyard": {"cluster": cluster_name(b)}}
+        if p.tls:
+            meta["envoy.transport_socket_match"] = {"tls_host": p.host}
+        endpoints.append({"priority": priority, "lb_endpoints": [{
+            "endpoint": {"address": {"socket_address": {"address": p.host,
+                                                        "port_value": p.port}}},
+            "metadata": {"filter_metadata": meta}}]})
+    cluster["load_assignment"] = {"cluster_name": name, "endpoints": endpoints}
+    cluster["type"] = "STATIC" if all(_is_ip(p.host) for p in providers) else "STRICT_DNS"
+    cluster["metadata"] = {"filter_metadata": {"switchyard": {"hedge_for": alias}}}
+    cluster.pop("transport_socket", None)
+    tls_hosts = sorted({p.host for p in providers if p.tls})
+    if tls_hosts:
+        cluster["transport_socket_matches"] = [
+            {"name": f"tls-{host}", "match": {"tls_host": host},
+             "transport_socket": _tls_socket(host, alpn=("http/1.1",))}
+            for host in tls_hosts]
+    options = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    options["http_filters"][0] = _upstream_ext_proc(cfg, host_metadata=True)
+    # Endpoints may mix TLS and plaintext: ALPN-based protocol selection needs TLS on every
+    # endpoint, so a hedge cluster speaks HTTP/1.1 everywhere.
+    options.pop("auto_config", None)
+    options["explicit_http_config"] = {"http_protocol_options": {}}
+    return cluster
+
+
+def _tls_socket(host: str, alpn: tuple[str, ...] = ("h2", "http/1.1")) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+                     "UpstreamTlsContext",
+            "sni": host,
+            "common_tls_context": {
+                "alpn_protocols": list(alpn),
+                "validation_context": {"trusted_ca": {"filename": CA_BUNDLE}},
+            },
+        },
+    }
 
 
 def _listener(cfg: GatewayConfig) -> dict[str, Any]:
@@ -333,6 +389,18 @@ def _model_route(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, Any]
     }
     if model.failover.hedge_after_s is not None:
         route["hedge_policy"] = {"hedge_on_per_try_timeout": True}
+        route["cluster"] = hedge_cluster_name(alias)
+        route["retry_policy"]["retry_priority"] = {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.priority."
+                         "previous_priorities.v3.PreviousPrioritiesConfig",
+                "update_frequency": 1}}
+        route["retry_policy"]["retry_host_predicate"] = [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
+                                      "previous_hosts.v3.PreviousHostsPredicate"}}]
+        route["retry_policy"]["host_selection_retry_max_attempts"] = 5
     return {
         "name": f"chat:{alias}",
         "match": {"path": CHAT_PATH, "headers": [
@@ -367,7 +435,7 @@ def _finish_routes(cfg: GatewayConfig, routes: route_pb2.RouteConfiguration) -> 
     """Add what xds-protos cannot express: the priority_group specifier and
     `refresh_cluster_on_retry` (merged as field 14 of RetryPolicy, unknown to the wheel)."""
     for route in routes.virtual_hosts[0].routes:
-        if not route.name.startswith("chat:"):
+        if not route.name.startswith("chat:") or route.route.cluster:
             continue
         model = cfg.models[route.name[len("chat:"):]]
         plugin = route.route.inline_cluster_specifier_plugin.extension
@@ -422,11 +490,11 @@ def compile_config(cfg: GatewayConfig) -> Snapshot:
     for alias, model in cfg.models.items():
         for b in model.backends:
             backends.setdefault(cluster_name(b), (alias, b))
-    clusters = tuple(
-        json_format.ParseDict(
-            _cluster(cfg, cname, b.provider, cfg.providers[b.provider], b), cluster_pb2.Cluster())
-        for cname, (_, b) in sorted(backends.items())
-    )
+    cluster_dicts = [_cluster(cfg, cname, b.provider, cfg.providers[b.provider], b)
+                     for cname, (_, b) in sorted(backends.items())]
+    cluster_dicts += [_hedge_cluster(cfg, alias, m) for alias, m in sorted(cfg.models.items())
+                      if m.failover.hedge_after_s is not None]
+    clusters = tuple(json_format.ParseDict(c, cluster_pb2.Cluster()) for c in cluster_dicts)
     listeners = (json_format.ParseDict(_listener(cfg), listener_pb2.Listener()),)
     route_config = json_format.ParseDict(_routes(cfg), route_pb2.RouteConfiguration())
     _finish_routes(cfg, route_config)

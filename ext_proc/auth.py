@@ -8,6 +8,7 @@ memory, renewing it well before it expires, and the request path only reads the 
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -161,15 +162,30 @@ class GoogleTokenSource:
     # -- refresh thread
 
     def _load(self) -> Any:
+        """Credentials from the file (by its declared type) or application-default."""
         import google.auth
 
+        scopes = list(self.scopes)
         if self.credentials_file is None:
-            creds, _ = google.auth.default(scopes=list(self.scopes))
-        else:
-            creds, _ = google.auth.load_credentials_from_file(
-                self.credentials_file, scopes=list(self.scopes)
-            )
-        return creds
+            creds, _ = google.auth.default(scopes=scopes)
+            return creds
+        with open(self.credentials_file, "rb") as f:
+            info = json.loads(f.read())
+        kind = info.get("type") if isinstance(info, dict) else None
+        if kind == "service_account":
+            from google.oauth2 import service_account
+
+            return service_account.Credentials.from_service_account_info(info, scopes=scopes)
+        if kind == "authorized_user":
+            from google.oauth2 import credentials
+
+            return credentials.Credentials.from_authorized_user_info(info, scopes=scopes)
+        # Other types (external_account, ...) execute or fetch what the file says: load them
+        # through application-default credentials (GOOGLE_APPLICATION_CREDENTIALS) on purpose.
+        raise ValueError(
+            f"credentials type {kind!r} is not supported in credentials_file; "
+            "use application-default credentials for it"
+        )
 
     def _refresh(self) -> float:
         """Mint a token; returns its remaining lifetime in seconds."""

@@ -34,7 +34,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, text_format
 
 from ext_proc import metrics
 from ext_proc.adapters import ADAPTERS, ResponseHandler
@@ -47,6 +47,7 @@ log = structlog.get_logger("switchyard.request")
 syslog = structlog.get_logger("switchyard.ext_proc")
 
 MODEL_HEADER = "x-switchyard-model"
+HEDGE_PREFIX = "hedge."
 METADATA_NAMESPACE = "switchyard"
 RID_HEADER = "x-switchyard-rid"
 _INTERNAL_PREFIX = "x-switchyard-"
@@ -408,6 +409,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             return _error(
                 500, "Request state not found for this attempt", "api_error", "internal_error"
             )
+        if cluster.startswith(HEDGE_PREFIX) and attrs is not None:
+            cluster = _host_backend(attrs.fields["xds.upstream_host_metadata"].string_value)
         backend = next((b for b in st.candidates if b.cluster == cluster), None)
         if backend is None:
             backend = self.routing.routes.clusters.get(cluster)
@@ -507,6 +510,19 @@ class _EnvoyErrorHandler:
         return error_body(
             f"Gateway error: {text}", "api_error", self._CODES.get(self.status, "gateway_error")
         )
+
+
+def _host_backend(text: str) -> str:
+    """Backend cluster named by an endpoint's metadata (hedge clusters hold several backends).
+
+    Envoy sends the metadata in protobuf text format; parsed per attempt of hedged models only."""
+    meta = base_pb2.Metadata()
+    try:
+        text_format.Parse(text, meta)
+    except text_format.ParseError:
+        return ""
+    fields = meta.filter_metadata["switchyard"].fields
+    return fields["cluster"].string_value if "cluster" in fields else ""
 
 
 def _interrupted(st: RequestState) -> str:

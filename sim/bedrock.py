@@ -301,6 +301,11 @@ def _tool_to_call(body: dict[str, Any], last_text: str) -> str | None:
     return None
 
 
+def _forced(body: dict[str, Any]) -> bool:
+    """toolChoice any/tool: the reply is the tool call alone, with no text before it."""
+    return bool((body["toolConfig"].get("toolChoice") or {}).keys() & {"any", "tool"})
+
+
 def _vector(text: str, dims: int) -> list[float]:
     """A deterministic unit vector per text."""
     rng = random.Random(zlib.crc32(text.encode("utf-8", "replace")))
@@ -401,16 +406,16 @@ class BedrockProvider(Provider):
         tool = _tool_to_call(body, last_text)
         started = time.monotonic()
         if stream:
-            return await self._stream(request, body, completion, tool, started)
+            return await self._stream(request, body, completion, tool, last_text, started)
         content: list[dict[str, Any]] = []
         if tool is None:
             content.append({"text": completion.text})
             stop = "max_tokens" if completion.truncated else "end_turn"
             output_tokens = completion.completion_tokens
         else:
-            if not ((body["toolConfig"].get("toolChoice") or {}).keys() & {"any", "tool"}):
+            if not _forced(body):
                 content.append({"text": self._preface(tool)})
-            content.append({"toolUse": self._tool_use(tool, completion)})
+            content.append({"toolUse": self._tool_use(tool, last_text)})
             stop = "tool_use"
             output_tokens = 12
         usage = self._usage(prompt_tokens, output_tokens)
@@ -425,8 +430,8 @@ class BedrockProvider(Provider):
     def _preface(tool: str) -> str:
         return f"I will use the {tool} tool."
 
-    def _tool_use(self, tool: str, completion: Completion) -> dict[str, Any]:
-        quoted = " ".join(completion.words[5:13]) or "(no text)"
+    def _tool_use(self, tool: str, last_text: str) -> dict[str, Any]:
+        quoted = " ".join(last_text.split()[:8]) or "(no text)"
         return {"toolUseId": "tooluse_" + self.state.new_id(), "name": tool,
                 "input": {"query": quoted}}
 
@@ -435,7 +440,7 @@ class BedrockProvider(Provider):
         return {"inputTokens": prompt, "outputTokens": output, "totalTokens": prompt + output}
 
     async def _stream(self, request: web.Request, body: dict[str, Any], completion: Completion,
-                      tool: str | None, started: float) -> web.StreamResponse:
+                      tool: str | None, last_text: str, started: float) -> web.StreamResponse:
         """messageStart, text deltas (block 0), [toolUse block], messageStop, metadata."""
         tool_events: list[bytes] = []
         if tool is None:
@@ -443,11 +448,10 @@ class BedrockProvider(Provider):
             stop = "max_tokens" if completion.truncated else "end_turn"
             output_tokens = completion.completion_tokens
         else:
-            forced = (body["toolConfig"].get("toolChoice") or {}).keys() & {"any", "tool"}
-            words = [] if forced else self._preface(tool).split()
+            words = [] if _forced(body) else self._preface(tool).split()
             deltas = [w if i == 0 else " " + w for i, w in enumerate(words)]
             stop, output_tokens = "tool_use", 12
-            use = self._tool_use(tool, completion)
+            use = self._tool_use(tool, last_text)
             args = orjson.dumps(use["input"]).decode()
             third = len(args) // 3
             pieces = (args[:third], args[third : 2 * third], args[2 * third :])

@@ -716,10 +716,29 @@ class StreamToOpenAI:
 # --------------------------------------------------------------------------------- auth
 
 
+class _SigV4(SigV4Auth):
+    """botocore's SigV4 with the signing key derived once per UTC day, not per request."""
+
+    def __init__(self, credentials: Credentials, service: str, region: str) -> None:
+        super().__init__(credentials, service, region)
+        self._day_key = ("", b"")  # one tuple: swapped atomically
+
+    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
+        day = request.context["timestamp"][0:8]
+        cached_day, key = self._day_key
+        if day != cached_day:
+            key = self._sign(f"AWS4{self.credentials.secret_key}".encode(), day)
+            for part in (self._region_name, self._service_name, "aws4_request"):
+                key = self._sign(key, part)
+            self._day_key = (day, key)
+        sig: str = self._sign(key, string_to_sign, hex=True)
+        return sig
+
+
 @functools.lru_cache(maxsize=64)
 def _signer(region: str, access_key: str, secret_key: str, token: str | None) -> SigV4Auth:
-    """One SigV4Auth per provider credentials (building Credentials per request is waste)."""
-    return SigV4Auth(Credentials(access_key, secret_key, token), SERVICE, region)
+    """One signer per provider credentials (building Credentials per request is waste)."""
+    return _SigV4(Credentials(access_key, secret_key, token), SERVICE, region)
 
 
 def sign(

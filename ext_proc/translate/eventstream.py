@@ -41,37 +41,51 @@ class Message(NamedTuple):
     payload: bytes
 
 
-def _parse_headers(buf: bytes | memoryview, pos: int, end: int) -> dict[str, HeaderValue]:
+_INT_SIZES = {2: 1, 3: 2, 4: 4, 5: 8, 8: 8}  # int8/16/32/64, timestamp (int64 ms)
+# A stream repeats a handful of identical header blocks (one per event type): parse each once.
+_HEADER_CACHE: dict[bytes, dict[str, HeaderValue]] = {}
+_HEADER_CACHE_MAX = 256
+_HEADER_CACHE_BLOCK = 512  # bytes; bounds the cache at 128 KiB whatever a stream sends
+
+
+def _parse_headers(block: bytes) -> dict[str, HeaderValue]:
+    cached = _HEADER_CACHE.get(block)
+    if cached is not None:
+        return dict(cached)  # a copy: callers may mutate theirs
     headers: dict[str, HeaderValue] = {}
+    pos = 0
+    end = len(block)
     while pos < end:
-        name_len = buf[pos]
+        name_len = block[pos]
         pos += 1
-        name = bytes(buf[pos : pos + name_len]).decode("utf-8")
+        name = block[pos : pos + name_len].decode("utf-8")
         pos += name_len
         if pos >= end:
             raise EventStreamError(f"event-stream header {name!r} is truncated")
-        vtype = buf[pos]
+        vtype = block[pos]
         pos += 1
         value: HeaderValue
         if vtype == _STRING or vtype == 6:  # string / byte array: u16 length prefix
-            n = (buf[pos] << 8) | buf[pos + 1]
-            raw = bytes(buf[pos + 2 : pos + 2 + n])
+            n = (block[pos] << 8) | block[pos + 1]
+            raw = block[pos + 2 : pos + 2 + n]
             pos += 2 + n
             value = raw.decode("utf-8") if vtype == _STRING else raw
         elif vtype == 0 or vtype == 1:
             value = vtype == 0
-        elif 2 <= vtype <= 5 or vtype == 8:  # int8/16/32/64, timestamp (int64 ms)
-            size = {2: 1, 3: 2, 4: 4, 5: 8, 8: 8}[vtype]
-            value = int.from_bytes(buf[pos : pos + size], "big", signed=True)
+        elif vtype in _INT_SIZES:
+            size = _INT_SIZES[vtype]
+            value = int.from_bytes(block[pos : pos + size], "big", signed=True)
             pos += size
         elif vtype == 9:  # uuid
-            value = bytes(buf[pos : pos + 16])
+            value = block[pos : pos + 16]
             pos += 16
         else:
             raise EventStreamError(f"unknown event-stream header type {vtype} for {name!r}")
         if pos > end:
             raise EventStreamError(f"event-stream header {name!r} overruns the header block")
         headers[name] = value
+    if end <= _HEADER_CACHE_BLOCK and len(_HEADER_CACHE) < _HEADER_CACHE_MAX:
+        _HEADER_CACHE[block] = dict(headers)
     return headers
 
 
@@ -93,6 +107,7 @@ class EventStreamDecoder:
         size = len(buf)
         pos = 0
         out: list[Message] = []
+        view: memoryview | None = None
         while size - pos >= _PRELUDE_LEN:
             total, hlen, prelude_crc = _PRELUDE.unpack_from(buf, pos)
             if zlib.crc32(buf[pos : pos + 8]) != prelude_crc:
@@ -106,13 +121,14 @@ class EventStreamDecoder:
             end = pos + total
             if end > size:
                 break
-            view = memoryview(buf)
+            if view is None:
+                view = memoryview(buf)
             (msg_crc,) = _U32.unpack_from(buf, end - 4)
             if zlib.crc32(view[pos : end - 4]) != msg_crc:
                 raise EventStreamError("event-stream message CRC mismatch")
             hstart = pos + _PRELUDE_LEN
             try:
-                headers = _parse_headers(view, hstart, hstart + hlen) if hlen else {}
+                headers = _parse_headers(buf[hstart : hstart + hlen]) if hlen else {}
             except (IndexError, UnicodeDecodeError) as exc:
                 raise EventStreamError(f"malformed event-stream headers: {exc}") from None
             out.append(Message(headers, buf[hstart + hlen : end - 4]))

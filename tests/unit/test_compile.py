@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import orjson
+from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
 from google.protobuf import json_format
 
 from control_plane.compile import (
@@ -19,6 +22,7 @@ from control_plane.compile import (
 )
 from control_plane.config import parse_config
 from control_plane.launcher import envoy_binary
+from protos import envoy_vendor_pb2
 
 CONFIG = """\
 listen: {address: 127.0.0.1, port: 8080}
@@ -73,8 +77,40 @@ def test_models_route_is_a_direct_response() -> None:
     body = orjson.loads(by_name["models"].direct_response.body.inline_string)
     assert [(m["id"], m["owned_by"]) for m in body["data"]] == [
         ("fast", "openai"), ("smart", "anthropic")]
-    assert by_name["chat"].match.path == CHAT_PATH
-    assert by_name["chat"].route.cluster_header == "x-switchyard-cluster"
+    fast = by_name["chat:fast"]
+    assert fast.match.path == CHAT_PATH
+    assert fast.match.headers[1].name == "x-switchyard-model"
+    assert fast.match.headers[1].string_match.exact == "fast"
+
+
+def test_model_route_uses_priority_groups_and_refreshes_cluster_on_retry() -> None:
+    routes = _snapshot().resources[ROUTE_TYPE][0]
+    fast = next(r for r in routes.virtual_hosts[0].routes if r.name == "chat:fast")
+    plugin = fast.route.inline_cluster_specifier_plugin.extension
+    assert plugin.name == "envoy.router.cluster_specifier_plugin.priority_group"
+    spec = envoy_vendor_pb2.PriorityGroupClusterSpecifier.FromString(plugin.typed_config.value)
+    assert [g.name for g in spec.priority_groups] == [
+        "sim.gpt-4o-mini", "claude.claude-3-5-haiku-latest"]
+    assert spec.override_metadata_namespace == "switchyard"
+    retry = fast.route.retry_policy
+    assert retry.num_retries.value == 1
+    assert "retriable-status-codes" in retry.retry_on and list(retry.retriable_status_codes) == [429]
+    ext = envoy_vendor_pb2.RetryPolicyExtension.FromString(retry.SerializeToString())
+    assert ext.refresh_cluster_on_retry  # field 14, unknown to xds-protos, survives serialising
+
+
+def test_hedged_model_gets_a_priority_cluster() -> None:
+    cfg = CONFIG.replace("      - {provider: claude, model: claude-3-5-haiku-latest}\n  smart:",
+                         "      - {provider: claude, model: claude-3-5-haiku-latest}\n"
+                         "    failover: {hedge_after_s: 0.5}\n  smart:")
+    snap = compile_config(parse_config(cfg, "c.yaml"))
+    hedge = next(c for c in snap.resources[CLUSTER_TYPE] if c.name == "hedge.fast")
+    assert [e.priority for e in hedge.load_assignment.endpoints] == [0, 1]
+    assert hedge.type == hedge.STRICT_DNS and len(hedge.transport_socket_matches) == 1
+    route = next(r for r in snap.resources[ROUTE_TYPE][0].virtual_hosts[0].routes
+                 if r.name == "chat:fast")
+    assert route.route.cluster == "hedge.fast" and route.route.hedge_policy.hedge_on_per_try_timeout
+    assert route.route.retry_policy.retry_priority.name.endswith("previous_priorities")
 
 
 def test_version_changes_only_with_config() -> None:
@@ -86,30 +122,34 @@ def test_version_changes_only_with_config() -> None:
 
 
 def test_compiled_resources_pass_envoy_validate(tmp_path: Path) -> None:
-    """Feed the compiled resources to the real Envoy 1.40 binary in --mode validate."""
-    snap = _snapshot()
-
-    def as_json(m):  # type: ignore[no-untyped-def]
-        return json_format.MessageToDict(m, preserving_proto_field_name=True)
-
-    listener = as_json(snap.resources[LISTENER_TYPE][0])
-    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    del hcm["rds"]
-    hcm["route_config"] = as_json(snap.resources[ROUTE_TYPE][0])
-    ext_proc = {"name": EXT_PROC_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                                 "HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}}}},
-                "load_assignment": {"cluster_name": EXT_PROC_CLUSTER, "endpoints": [
-                    {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                        "address": "127.0.0.1", "port_value": 18081}}}}]}]}}
-    bootstrap = {"static_resources": {
-        "listeners": [listener],
-        "clusters": [as_json(c) for c in snap.resources[CLUSTER_TYPE]] + [ext_proc]}}
-    path = tmp_path / "envoy.json"
-    path.write_text(json.dumps(bootstrap))
+    """Feed the compiled resources, as binary protobuf (the vendored fields included), to the
+    real Envoy 1.40 binary in --mode validate."""
+    cfg = CONFIG.replace("      - {provider: claude, model: claude-3-5-haiku-latest}\n  smart:",
+                         "      - {provider: claude, model: claude-3-5-haiku-latest}\n"
+                         "    failover: {hedge_after_s: 0.5}\n  smart:")
+    snap = compile_config(parse_config(cfg, "c.yaml"))
+    bootstrap = bootstrap_pb2.Bootstrap()
+    listener = bootstrap.static_resources.listeners.add()
+    listener.CopyFrom(snap.resources[LISTENER_TYPE][0])
+    hcm = http_connection_manager_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    hcm.route_config.CopyFrom(snap.resources[ROUTE_TYPE][0])  # inline instead of RDS
+    listener.filter_chains[0].filters[0].typed_config.Pack(hcm)
+    for c in snap.resources[CLUSTER_TYPE]:
+        bootstrap.static_resources.clusters.add().CopyFrom(c)
+    json_format.ParseDict(
+        {"name": EXT_PROC_CLUSTER, "type": "STATIC", "connect_timeout": "1s",
+         "typed_extension_protocol_options": {
+             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                          "HttpProtocolOptions",
+                 "explicit_http_config": {"http2_protocol_options": {}}}},
+         "load_assignment": {"cluster_name": EXT_PROC_CLUSTER, "endpoints": [
+             {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                 "address": "127.0.0.1", "port_value": 18081}}}}]}]}},
+        bootstrap.static_resources.clusters.add())
+    path = tmp_path / "envoy.pb"
+    path.write_bytes(bootstrap.SerializeToString())
     result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

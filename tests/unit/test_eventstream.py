@@ -62,6 +62,14 @@ def test_any_split(cuts: list[int]) -> None:
     assert decode_all(STREAM, cuts) == decode_all(STREAM, [])
 
 
+def test_returned_headers_are_the_callers_own() -> None:
+    frame = encode(EVENT, b"{}")
+    (first,) = EventStreamDecoder().feed(frame)
+    first.headers[":event-type"] = "changed"
+    (second,) = EventStreamDecoder().feed(frame)
+    assert second.headers == EVENT
+
+
 def test_partial_message_is_held() -> None:
     dec = EventStreamDecoder()
     frame = encode(EVENT, b"{}")

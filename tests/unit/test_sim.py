@@ -5,13 +5,18 @@ import contextlib
 import importlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 import pytest_asyncio
+from openai.types.chat import ChatCompletion
 
+from ext_proc.translate import anthropic as to_anthropic
+from ext_proc.translate import anthropic_ingress as ingress
 from sim.common import SimOptions
 from sim.server import SimRunner, create_app, start_sim
 
@@ -407,6 +412,280 @@ async def test_anthropic_require_key() -> None:
             )
     finally:
         await runner.cleanup()
+
+
+# --- Anthropic tool use --------------------------------------------------------------------
+
+WEATHER: Any = {
+    "name": "get_weather",
+    "description": "Current weather for a city",
+    "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}},
+}
+CLOCK: Any = {"name": "get_time", "input_schema": {"type": "object", "properties": {}}}
+ASK = "please use tool to check the weather in Paris"
+
+
+async def test_anthropic_tool_use(ant_sim: SimRunner) -> None:
+    msg = await ant_client(ant_sim).messages.create(
+        model="c",
+        max_tokens=100,
+        tools=[WEATHER, CLOCK],
+        messages=[{"role": "user", "content": ASK}],
+    )
+    assert msg.stop_reason == "tool_use"
+    [block] = msg.content
+    assert block.type == "tool_use"
+    assert block.name == "get_weather" and block.id.startswith("toolu_")
+    assert block.input == {"query": ASK}
+    assert msg.usage.output_tokens >= 1
+
+
+async def test_anthropic_tool_use_stream(ant_sim: SimRunner) -> None:
+    client = ant_client(ant_sim)
+    kinds = []
+    async with client.messages.stream(
+        model="c", max_tokens=100, tools=[WEATHER], messages=[{"role": "user", "content": ASK}]
+    ) as stream:
+        async for event in stream:
+            kinds.append(event.type)
+            if event.type == "content_block_delta":
+                assert event.delta.type == "input_json_delta"
+        final = await stream.get_final_message()
+    assert kinds.count("content_block_delta") >= 3  # the input arrives in several pieces
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    assert final.stop_reason == "tool_use"
+    [block] = final.content
+    assert block.type == "tool_use" and block.input == {"query": ASK}
+
+
+@pytest.mark.parametrize(
+    ("choice", "text", "want"),
+    [
+        ({"type": "any"}, "hello", "get_weather"),
+        ({"type": "tool", "name": "get_time"}, "hello", "get_time"),
+        ({"type": "auto"}, "hello", None),
+        ({"type": "none"}, ASK, None),
+    ],
+)
+async def test_anthropic_tool_choice(
+    ant_sim: SimRunner, choice: dict[str, str], text: str, want: str | None
+) -> None:
+    msg = await ant_client(ant_sim).post(
+        "/v1/messages",
+        body={
+            "model": "c",
+            "max_tokens": 100,
+            "tools": [WEATHER, CLOCK],
+            "tool_choice": choice,
+            "messages": [{"role": "user", "content": text}],
+        },
+        cast_to=anthropic.types.Message,
+    )
+    if want is None:
+        assert msg.stop_reason == "end_turn" and msg.content[0].type == "text"
+    else:
+        assert msg.stop_reason == "tool_use"
+        assert msg.content[0].type == "tool_use" and msg.content[0].name == want
+
+
+async def test_anthropic_tool_result_gets_text(ant_sim: SimRunner) -> None:
+    client = ant_client(ant_sim)
+    first = await client.messages.create(
+        model="c", max_tokens=100, tools=[WEATHER], messages=[{"role": "user", "content": ASK}]
+    )
+    call = first.content[0]
+    assert call.type == "tool_use"
+    history: Any = [
+        {"role": "user", "content": ASK},
+        {"role": "assistant", "content": [call.model_dump(exclude_none=True)]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": call.id, "content": "sunny and 21C"}
+            ],
+        },
+    ]
+    msg = await client.messages.create(model="c", max_tokens=100, tools=[WEATHER], messages=history)
+    assert msg.stop_reason == "end_turn"
+    assert msg.content[0].type == "text"
+    assert "tool result: sunny and 21C" in msg.content[0].text
+
+
+async def test_anthropic_thinking(ant_sim: SimRunner) -> None:
+    client = ant_client(ant_sim)
+    kwargs: dict[str, object] = {
+        "model": "c",
+        "max_tokens": 2000,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    msg = await client.messages.create(**kwargs)  # type: ignore[call-overload]
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    async with client.messages.stream(**kwargs) as stream:  # type: ignore[arg-type]
+        final = await stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert final.content[0].type == "thinking" and final.content[0].signature
+    assert final.content[1].type == "text" and final.content[1].text == msg.content[1].text  # type: ignore[union-attr]
+
+
+_USE = {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ({"tools": {"name": "x"}}, "tools: Input should be a valid list"),
+        ({"tools": [{**WEATHER, "name": "bad name!"}]}, "tools.0.custom.name: String should match"),
+        ({"tools": [{"name": "f"}]}, "tools.0.custom.input_schema: Field required"),
+        (
+            {"tools": [{"name": "f", "input_schema": {"type": "array"}}]},
+            "tools.0.custom.input_schema.type: Input should be 'object'",
+        ),
+        ({"tools": [WEATHER, WEATHER]}, "Tool names must be unique"),
+        ({"tools": [WEATHER], "tool_choice": "auto"}, "tool_choice: Input should be a valid dict"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "sometimes"}}, "does not match any"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "tool"}}, "tool_choice.tool.name"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "tool", "name": "nope"}},
+            "Tool 'nope' not found",
+        ),
+        ({"tool_choice": {"type": "any"}}, "tool_choice may only be specified while providing"),
+        (
+            {
+                "tools": [WEATHER],
+                "tool_choice": {"type": "none", "disable_parallel_tool_use": True},
+            },
+            "Extra inputs are not permitted",
+        ),
+        ({"thinking": {"type": "enabled", "budget_tokens": 100}}, "greater than or equal to 1024"),
+        (
+            {"max_tokens": 1024, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+            "`max_tokens` must be greater than `thinking.budget_tokens`",
+        ),
+        (
+            {
+                "max_tokens": 4000,
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "tools": [WEATHER],
+                "tool_choice": {"type": "any"},
+            },
+            "Thinking may not be enabled when tool_choice forces tool use",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": [_USE]},
+                    {"role": "user", "content": "y"},
+                ]
+            },
+            "`tool_use` ids were found without `tool_result` blocks immediately after: toolu_1",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "tool_result", "tool_use_id": "toolu_9", "content": "r"}
+                        ],
+                    }
+                ]
+            },
+            "unexpected `tool_use_id` found in `tool_result` blocks: toolu_9",
+        ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": [{**_USE, "input": "q"}]},
+                ]
+            },
+            "messages.1.content.0.tool_use.input: Input should be a valid dictionary",
+        ),
+    ],
+)
+async def test_anthropic_tool_validation(
+    ant_sim: SimRunner, extra: dict[str, object], needle: str
+) -> None:
+    body = {"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], **extra}
+    with pytest.raises(anthropic.BadRequestError) as info:
+        await ant_client(ant_sim).post("/v1/messages", body=body, cast_to=object)
+    error = info.value.body
+    assert isinstance(error, dict) and error["error"]["type"] == "invalid_request_error"
+    assert needle in error["error"]["message"]
+
+
+async def test_openai_tools_through_translator_and_sim(ant_sim: SimRunner) -> None:
+    """OpenAI tools -> Anthropic request -> simulator -> back: a full tool loop, then JSON mode."""
+    tool = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": WEATHER["input_schema"]},
+    }
+    headers = {"anthropic-version": to_anthropic.API_VERSION}
+    req: dict[str, Any] = {"messages": [{"role": "user", "content": ASK}], "tools": [tool]}
+    async with httpx.AsyncClient(base_url=ant_sim.base_url, headers=headers) as http:
+
+        async def turn(req: dict[str, Any]) -> ChatCompletion:
+            body = to_anthropic.request_from_openai(req, "claude-sim")
+            resp = await http.post("/v1/messages", content=body)
+            assert resp.status_code == 200, resp.text
+            out = to_anthropic.response_to_openai(
+                resp.json(), "alias", json_tool=to_anthropic.json_tool_name(req)
+            )
+            return ChatCompletion.model_validate_json(out)
+
+        first = await turn(req)
+        assert first.choices[0].finish_reason == "tool_calls"
+        calls = first.choices[0].message.tool_calls or []
+        assert [c.function.name for c in calls] == ["get_weather"]  # type: ignore[union-attr]
+        req["messages"] += [
+            first.choices[0].message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": calls[0].id, "content": "sunny"},
+        ]
+        second = await turn(req)
+        assert second.choices[0].finish_reason == "stop"
+        assert "tool result: sunny" in (second.choices[0].message.content or "")
+
+        rf = {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": {"type": "object"}},
+        }
+        third = await turn(
+            {"messages": [{"role": "user", "content": "2+2?"}], "response_format": rf}
+        )
+        assert third.choices[0].finish_reason == "stop"
+        assert orjson.loads(third.choices[0].message.content or "") == {"query": "2+2?"}
+
+
+async def test_anthropic_ingress_through_translators_and_sim(ant_sim: SimRunner) -> None:
+    """Anthropic request -> canonical OpenAI -> Anthropic backend request: the sim accepts it."""
+    req = {
+        "model": "claude-alias",
+        "max_tokens": 200,
+        "system": [{"type": "text", "text": "be brief"}],
+        "tools": [WEATHER],
+        "tool_choice": {"type": "auto", "disable_parallel_tool_use": True},
+        "messages": [
+            {"role": "user", "content": ASK},
+            {"role": "assistant", "content": [{**_USE, "input": {"query": "Paris"}}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "rain"},
+                    {"type": "text", "text": "thanks"},
+                ],
+            },
+        ],
+    }
+    body = to_anthropic.request_from_openai(ingress.request_to_openai(req), "claude-sim")
+    async with httpx.AsyncClient(base_url=ant_sim.base_url) as http:
+        resp = await http.post(
+            "/v1/messages", content=body, headers={"anthropic-version": "2023-06-01"}
+        )
+    assert resp.status_code == 200, resp.text
+    msg = anthropic.types.Message.model_validate(resp.json())
+    assert msg.content[0].type == "text" and "tool result: rain" in msg.content[0].text
 
 
 # --- recording and control endpoints ------------------------------------------------------

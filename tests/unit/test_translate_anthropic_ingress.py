@@ -7,7 +7,9 @@ OpenAI -> Anthropic translator, and a property test checks that round trip is lo
 
 from __future__ import annotations
 
-import re
+import contextlib
+import importlib
+from types import ModuleType
 from typing import Any
 
 import anthropic
@@ -561,9 +563,7 @@ def anthropic_requests(draw: st.DrawFn) -> dict[str, Any]:
         blocks: list[dict[str, Any]] = [draw(_result(i)) for i in pending]
         pending = []
         extra = draw(st.lists(st.one_of(_TEXT_BLOCK, _IMAGE), max_size=3))
-        if not blocks and not extra:
-            messages.append(user(draw(_TEXT)))
-        elif not blocks and len(extra) == 1 and draw(st.booleans()):
+        if not blocks and (not extra or draw(st.booleans())):
             messages.append(user(draw(_TEXT)))
         else:
             messages.append(user(blocks + extra))
@@ -589,7 +589,7 @@ def anthropic_requests(draw: st.DrawFn) -> dict[str, Any]:
         pending = [u["id"] for u in uses]
     # the closing user turn
     results = [draw(_result(i)) for i in pending]
-    messages.append(user(results + [draw(_TEXT_BLOCK)]) if results else user(draw(_TEXT)))
+    messages.append(user([*results, draw(_TEXT_BLOCK)]) if results else user(draw(_TEXT)))
 
     req: dict[str, Any] = {
         "model": "claude-x",
@@ -787,7 +787,7 @@ def test_response_without_usage_or_choices() -> None:
 
 def test_response_through_anthropic_sdk() -> None:
     body = response_from_openai(RESPONSES[2][1], "claude-alias")
-    client = _client(lambda _: httpx.Response(200, content=body))
+    client = _client(respond(200, body))
     msg = client.messages.create(
         model="claude-alias", max_tokens=10, messages=[{"role": "user", "content": "x"}]
     )
@@ -842,7 +842,7 @@ def test_error_from_openai(
     parsed = ErrorResponse.model_validate(orjson.loads(body))
     assert parsed.error.type == atype
     assert parsed.error.message == "boom"
-    client = _client(lambda _: httpx.Response(status, content=body))
+    client = _client(respond(status, body))
     with pytest.raises(exc) as ei:
         client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert "boom" in str(ei.value)
@@ -998,9 +998,7 @@ def test_stream_event_sequence() -> None:
 
 def test_stream_through_anthropic_sdk() -> None:
     out, _ = convert(STREAM)
-    client = _client(
-        lambda _: httpx.Response(200, content=out, headers={"content-type": "text/event-stream"})
-    )
+    client = _client(respond(200, out, sse=True))
     with client.messages.stream(
         model="claude-alias", max_tokens=10, messages=[{"role": "user", "content": "x"}]
     ) as stream:
@@ -1085,10 +1083,10 @@ def test_stream_interleaved_tool_arguments() -> None:
     )
     out, _ = convert(stream)
     events(out)
-    client = _client(
-        lambda _: httpx.Response(200, content=out, headers={"content-type": "text/event-stream"})
-    )
-    with client.messages.stream(model="m", max_tokens=5, messages=[user("x")]) as s:
+    client = _client(respond(200, out, sse=True))
+    with client.messages.stream(
+        model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+    ) as s:
         final = s.get_final_message()
     assert [(b.id, b.input) for b in final.content if b.type == "tool_use"] == [
         ("a", {"x": 1}),
@@ -1106,12 +1104,12 @@ def test_stream_error_chunk_becomes_error_event() -> None:
     }
     assert b"ignored" not in out
     assert conv.done and conv.error == objs[-1]["error"]
-    client = _client(
-        lambda _: httpx.Response(200, content=out, headers={"content-type": "text/event-stream"})
-    )
+    client = _client(respond(200, out, sse=True))
     with (
         pytest.raises(anthropic.APIStatusError, match="slow down"),
-        client.messages.stream(model="m", max_tokens=5, messages=[user("x")]) as s,
+        client.messages.stream(
+            model="m", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        ) as s,
     ):
         s.get_final_message()
 
@@ -1249,13 +1247,24 @@ def test_path() -> None:
     assert PATH == "/v1/messages"
 
 
+def _http() -> ModuleType:
+    """The HTTP library the installed anthropic SDK reads through (newer ones use httpx2)."""
+    with contextlib.suppress(ImportError):
+        return importlib.import_module("httpx2")
+    return httpx
+
+
+HTTP = _http()
+
+
+def respond(status: int, content: bytes, sse: bool = False) -> Any:
+    headers = {"content-type": "text/event-stream" if sse else "application/json"}
+    return lambda _: HTTP.Response(status, content=content, headers=headers)
+
+
 def _client(handler: Any) -> anthropic.Anthropic:
     """An SDK client whose HTTP layer is a local handler (no network)."""
-    http_client: Any = httpx.Client(transport=httpx.MockTransport(handler))
+    http_client: Any = HTTP.Client(transport=HTTP.MockTransport(handler))
     return anthropic.Anthropic(
         api_key="k", base_url="http://gw", max_retries=0, http_client=http_client
     )
-
-
-def no_space(b: bytes) -> bytes:
-    return re.sub(rb"\s", b"", b)

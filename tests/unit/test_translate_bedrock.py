@@ -17,6 +17,9 @@ import httpx
 import openai
 import orjson
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from botocore.validate import ParamValidator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -771,6 +774,19 @@ def test_signature_covers_body_host_and_path(monkeypatch: pytest.MonkeyPatch) ->
     assert sig(body=b"{ }") != base
     assert sig(host={"host": "other:8443"}) != base
     assert sig(url=URL.replace("/converse", "/converse-stream")) != base
+
+
+@pytest.mark.parametrize("days", [(1, 2), (2, 2)])
+def test_cached_signing_key_follows_the_date(days: tuple[int, int],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-day key cache gives what a fresh botocore SigV4Auth gives, across midnight."""
+    for day in days:
+        now = datetime.datetime(2025, 1, day, 23, 59, 59)
+        monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda now=now: now)
+        ours = sign("POST", URL, HOST, b"{}", "us-east-1", "AKID", "s", None)["Authorization"]
+        ref = AWSRequest(method="POST", url=URL, data=b"{}", headers=dict(HOST))
+        SigV4Auth(Credentials("AKID", "s"), "bedrock", "us-east-1").add_auth(ref)
+        assert ours == ref.headers["Authorization"]
 
 
 def test_sign_matches_botocores_own_client(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ against the openai SDK's types.
 from __future__ import annotations
 
 import base64
+import itertools
 import struct
 from typing import Any
 
@@ -655,7 +656,7 @@ def openai_requests(draw: st.DrawFn) -> dict[str, Any]:
                 result = draw(st.sampled_from(['{"ok": true}', "plain text", "[1, 2]", ""]))
                 messages.append(tool_msg(c["id"], result))
     req: dict[str, Any] = {"model": "m", "messages": messages}
-    optional = {
+    optional: dict[str, st.SearchStrategy[Any]] = {
         "max_tokens": st.integers(1, 10_000),
         "max_completion_tokens": st.integers(1, 10_000),
         "temperature": st.floats(0, 2),
@@ -674,7 +675,8 @@ def openai_requests(draw: st.DrawFn) -> dict[str, Any]:
     for key, strategy in optional.items():
         if draw(st.booleans()):
             req[key] = draw(strategy)
-    if tool_names and draw(st.booleans()):
+    with_tools: bool = draw(st.booleans())
+    if tool_names and with_tools:
         req["tools"] = [
             {"type": "function", "function": {"name": name, "parameters": draw(_schema)}}
             for name in tool_names
@@ -698,7 +700,7 @@ def test_any_valid_request_translates_to_a_valid_google_request(req: dict[str, A
         return
     validate_google(body)
     roles = [c["role"] for c in body["contents"]]
-    assert all(a != b for a, b in zip(roles, roles[1:], strict=False)), "roles must alternate"
+    assert all(a != b for a, b in itertools.pairwise(roles)), "roles must alternate"
 
 
 # --------------------------------------------------------------------------- responses
