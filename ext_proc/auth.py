@@ -116,7 +116,7 @@ class GoogleTokenSource:
         # (token, usable until: time.monotonic()); replaced whole, so reads need no lock.
         self._token: tuple[str, float] | None = None
         self._wake = threading.Event()
-        self._stopping = False
+        self._stop = threading.Event()  # the running thread's own stop flag
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.ready = threading.Event()  # set once the first token is in
@@ -132,9 +132,11 @@ class GoogleTokenSource:
             return
         with self._lock:
             if self._thread is None:
-                self._stopping = False
+                self._stop = stop = threading.Event()
                 name = f"google-token:{self.credentials_file or 'adc'}"
-                self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+                self._thread = threading.Thread(
+                    target=self._run, args=(stop,), name=name, daemon=True
+                )
                 self._thread.start()
 
     def get(self) -> str | None:
@@ -153,9 +155,10 @@ class GoogleTokenSource:
         return self.ready.wait(timeout)
 
     def stop(self, timeout: float | None = 5.0) -> None:
-        self._stopping = True
-        self._wake.set()
-        thread, self._thread = self._thread, None
+        with self._lock:
+            self._stop.set()
+            self._wake.set()
+            thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
@@ -203,9 +206,9 @@ class GoogleTokenSource:
         self.ready.set()
         return lifetime
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         backoff = self.min_backoff_s
-        while not self._stopping:
+        while not stop.is_set():
             try:
                 lifetime = self._refresh()
             except Exception as exc:  # log, keep serving a still-valid token, retry

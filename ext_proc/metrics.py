@@ -21,6 +21,8 @@ ATTEMPTS = Counter("switchyard_attempts_total", "Upstream attempts by backend an
                    ["backend", "status"])
 FAILOVERS = Counter("switchyard_failovers_total", "Attempts after the first (retries, hedges)",
                     ["model", "backend"])
+EJECTIONS = Counter("switchyard_backend_ejections_total",
+                    "Outlier ejections seen in Envoy, per backend cluster", ["cluster"])
 TOKENS = Counter("switchyard_tokens_total", "Tokens", ["model", "backend", "kind"])
 COST = Counter("switchyard_cost_usd_total", "Estimated provider cost (USD)", ["model", "backend"])
 LATENCY = Histogram("switchyard_request_seconds", "Gateway request latency", ["model", "backend"],

@@ -89,6 +89,10 @@ class BackendHealth:
                 open_.add(name[len("cluster."):-len(".circuit_breakers.default.rq_open")])
         if ejected != self.ejected:
             log.info("outlier ejections changed", ejected=sorted(ejected))
+            from ext_proc import metrics
+
+            for cluster in ejected - self.ejected:
+                metrics.EJECTIONS.labels(cluster).inc()
         self.ejected = frozenset(ejected)
         self.breaker_open = frozenset(open_)
 

@@ -47,15 +47,36 @@ _JWT_GRANT: Final = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 _TOKEN_LIFETIME_S: Final = 3600
 
 _TOP_KEYS: Final = frozenset(
-    {"model", "contents", "systemInstruction", "tools", "toolConfig", "safetySettings",
-     "generationConfig", "cachedContent", "labels"}
+    {
+        "model",
+        "contents",
+        "systemInstruction",
+        "tools",
+        "toolConfig",
+        "safetySettings",
+        "generationConfig",
+        "cachedContent",
+        "labels",
+    }
 )
 _PART_DATA: Final = frozenset(
-    {"text", "inlineData", "fileData", "functionCall", "functionResponse", "executableCode",
-     "codeExecutionResult"}
+    {
+        "text",
+        "inlineData",
+        "fileData",
+        "functionCall",
+        "functionResponse",
+        "executableCode",
+        "codeExecutionResult",
+    }
 )
-_PART_KEYS: Final = _PART_DATA | {"thought", "thoughtSignature", "videoMetadata",
-                                  "partMetadata", "mediaResolution"}
+_PART_KEYS: Final = _PART_DATA | {
+    "thought",
+    "thoughtSignature",
+    "videoMetadata",
+    "partMetadata",
+    "mediaResolution",
+}
 # generationConfig field -> JSON type (proto names in errors, as Google's parser reports them).
 _GEN_TYPES: Final = {
     "temperature": "TYPE_FLOAT",
@@ -85,13 +106,29 @@ _GEN_TYPES: Final = {
 }
 _MIME_TYPES: Final = ("text/plain", "application/json", "text/x.enum")
 _TOOL_KEYS: Final = frozenset(
-    {"functionDeclarations", "googleSearch", "googleSearchRetrieval", "codeExecution",
-     "urlContext", "retrieval", "fileSearch", "googleMaps", "computerUse",
-     "enterpriseWebSearch"}
+    {
+        "functionDeclarations",
+        "googleSearch",
+        "googleSearchRetrieval",
+        "codeExecution",
+        "urlContext",
+        "retrieval",
+        "fileSearch",
+        "googleMaps",
+        "computerUse",
+        "enterpriseWebSearch",
+    }
 )
 _DECL_KEYS: Final = frozenset(
-    {"name", "description", "parameters", "parametersJsonSchema", "response",
-     "responseJsonSchema", "behavior"}
+    {
+        "name",
+        "description",
+        "parameters",
+        "parametersJsonSchema",
+        "response",
+        "responseJsonSchema",
+        "behavior",
+    }
 )
 _FN_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 _MODES: Final = ("MODE_UNSPECIFIED", "AUTO", "ANY", "NONE", "VALIDATED")
@@ -138,9 +175,7 @@ def _is_number(v: Any) -> bool:
 
 
 def _bad_value(where: str, kind: str, value: Any) -> _Invalid:
-    return _Invalid(
-        f"Invalid value at '{where}' ({kind}), {orjson.dumps(value).decode()[:80]}"
-    )
+    return _Invalid(f"Invalid value at '{where}' ({kind}), {orjson.dumps(value).decode()[:80]}")
 
 
 def _require_object(value: Any, where: str) -> dict[str, Any]:
@@ -172,41 +207,58 @@ def _validate_part(part: Any, where: str) -> dict[str, Any]:
         blob = _require_object(value, f"{where}.inline_data")
         blob = _norm(blob, frozenset({"mimeType", "data", "displayName"}), f"{where}.inline_data")
         if not isinstance(blob.get("mimeType"), str) or not blob["mimeType"]:
-            raise _Invalid(f"* GenerateContentRequest.{where}.inline_data.mime_type: "
-                           "mime_type is not specified")
+            raise _Invalid(
+                f"* GenerateContentRequest.{where}.inline_data.mime_type: "
+                "mime_type is not specified"
+            )
         try:
             base64.b64decode(str(blob.get("data", "")), validate=True)
         except (binascii.Error, ValueError):
             raise _Invalid(
-                f"Invalid value at '{where}.inline_data.data' (TYPE_BYTES), Base64 decoding "
-                "failed"
+                f"Invalid value at '{where}.inline_data.data' (TYPE_BYTES), Base64 decoding failed"
             ) from None
     elif key == "fileData":
-        fd = _norm(_require_object(value, f"{where}.file_data"),
-                   frozenset({"mimeType", "fileUri", "displayName"}), f"{where}.file_data")
+        fd = _norm(
+            _require_object(value, f"{where}.file_data"),
+            frozenset({"mimeType", "fileUri", "displayName"}),
+            f"{where}.file_data",
+        )
         if not isinstance(fd.get("fileUri"), str) or not fd["fileUri"]:
-            raise _Invalid(f"* GenerateContentRequest.{where}.file_data.file_uri: "
-                           "file_uri is not specified")
+            raise _Invalid(
+                f"* GenerateContentRequest.{where}.file_data.file_uri: file_uri is not specified"
+            )
     elif key == "functionCall":
-        fc = _norm(_require_object(value, f"{where}.function_call"),
-                   frozenset({"id", "name", "args", "partialArgs", "willContinue"}),
-                   f"{where}.function_call")
+        fc = _norm(
+            _require_object(value, f"{where}.function_call"),
+            frozenset({"id", "name", "args", "partialArgs", "willContinue"}),
+            f"{where}.function_call",
+        )
         if not isinstance(fc.get("name"), str) or not fc["name"]:
-            raise _Invalid(f"* GenerateContentRequest.{where}.function_call.name: "
-                           "name is not specified")
+            raise _Invalid(
+                f"* GenerateContentRequest.{where}.function_call.name: name is not specified"
+            )
         if "args" in fc and not isinstance(fc["args"], dict):
-            raise _bad_value(f"{where}.function_call.args", "type.googleapis.com/"
-                             "google.protobuf.Struct", fc["args"])
+            raise _bad_value(
+                f"{where}.function_call.args",
+                "type.googleapis.com/google.protobuf.Struct",
+                fc["args"],
+            )
     elif key == "functionResponse":
-        fr = _norm(_require_object(value, f"{where}.function_response"),
-                   frozenset({"id", "name", "response", "parts", "willContinue", "scheduling"}),
-                   f"{where}.function_response")
+        fr = _norm(
+            _require_object(value, f"{where}.function_response"),
+            frozenset({"id", "name", "response", "parts", "willContinue", "scheduling"}),
+            f"{where}.function_response",
+        )
         if not isinstance(fr.get("name"), str) or not fr["name"]:
-            raise _Invalid(f"* GenerateContentRequest.{where}.function_response.name: "
-                           "name is not specified")
+            raise _Invalid(
+                f"* GenerateContentRequest.{where}.function_response.name: name is not specified"
+            )
         if not isinstance(fr.get("response"), dict):
-            raise _bad_value(f"{where}.function_response.response", "type.googleapis.com/"
-                             "google.protobuf.Struct", fr.get("response"))
+            raise _bad_value(
+                f"{where}.function_response.response",
+                "type.googleapis.com/google.protobuf.Struct",
+                fr.get("response"),
+            )
     if "thought" in part and not isinstance(part["thought"], bool):
         raise _bad_value(f"{where}.thought", "TYPE_BOOL", part["thought"])
     if "thoughtSignature" in part and not isinstance(part["thoughtSignature"], str):
@@ -221,15 +273,13 @@ def _validate_content(content: Any, where: str, system: bool = False) -> dict[st
         raise _Invalid("Please use a valid role: user, model.")
     parts = content.get("parts")
     if not isinstance(parts, list) or not parts:
-        raise _Invalid(f"* GenerateContentRequest.{where}.parts: contents.parts must not be "
-                       "empty.")
+        raise _Invalid(f"* GenerateContentRequest.{where}.parts: contents.parts must not be empty.")
     content["parts"] = [_validate_part(p, f"{where}.parts[{j}]") for j, p in enumerate(parts)]
     return content
 
 
 def _validate_generation_config(gc: Any) -> dict[str, Any]:
-    gc = _norm(_require_object(gc, "generation_config"), frozenset(_GEN_TYPES),
-               "generation_config")
+    gc = _norm(_require_object(gc, "generation_config"), frozenset(_GEN_TYPES), "generation_config")
     for key, value in gc.items():
         kind = _GEN_TYPES[key]
         where = f"generation_config.{_snake(key)}"
@@ -239,8 +289,9 @@ def _validate_generation_config(gc: Any) -> dict[str, Any]:
             "TYPE_BOOL": lambda v: isinstance(v, bool),
             "TYPE_STRING": lambda v: isinstance(v, str),
             "TYPE_ENUM": lambda v: isinstance(v, str),
-            "TYPE_STRING_LIST": lambda v: isinstance(v, list)
-            and all(isinstance(s, str) for s in v),
+            "TYPE_STRING_LIST": lambda v: (
+                isinstance(v, list) and all(isinstance(s, str) for s in v)
+            ),
             "TYPE_MESSAGE": lambda v: isinstance(v, dict),
             "ANY": lambda v: True,
         }[kind](value)
@@ -255,31 +306,46 @@ def _validate_generation_config(gc: Any) -> dict[str, Any]:
     for key, low, high in checks:
         value = gc.get(key)
         if value is not None and not low <= value <= high:
-            raise _Invalid(f"Unable to submit request because it has a {key} value of {value} "
-                           f"but the supported range is from {low:g} (inclusive) to {high:g}.")
+            raise _Invalid(
+                f"Unable to submit request because it has a {key} value of {value} "
+                f"but the supported range is from {low:g} (inclusive) to {high:g}."
+            )
     if len(gc.get("stopSequences") or ()) > 5:
         raise _Invalid("Unable to submit request because it has more than 5 stop sequences.")
     mime = gc.get("responseMimeType")
     if mime is not None and mime not in _MIME_TYPES:
-        raise _Invalid(f"* GenerateContentRequest.generation_config.response_mime_type: "
-                       f"allowed mimetypes are {', '.join(repr(m) for m in _MIME_TYPES)}. "
-                       f"{mime!r} is not supported.")
+        raise _Invalid(
+            f"* GenerateContentRequest.generation_config.response_mime_type: "
+            f"allowed mimetypes are {', '.join(repr(m) for m in _MIME_TYPES)}. "
+            f"{mime!r} is not supported."
+        )
     if "responseSchema" in gc and "responseJsonSchema" in gc:
         raise _Invalid("response_schema and response_json_schema cannot both be set.")
     if ("responseSchema" in gc or "responseJsonSchema" in gc) and mime != "application/json":
-        raise _Invalid("* GenerateContentRequest.generation_config.response_mime_type: "
-                       "response_mime_type must be set to application/json when a response "
-                       "schema is given.")
+        raise _Invalid(
+            "* GenerateContentRequest.generation_config.response_mime_type: "
+            "response_mime_type must be set to application/json when a response "
+            "schema is given."
+        )
     tc = gc.get("thinkingConfig")
     if tc is not None:
-        tc = _norm(tc, frozenset({"includeThoughts", "thinkingBudget", "thinkingLevel"}),
-                   "generation_config.thinking_config")
+        tc = _norm(
+            tc,
+            frozenset({"includeThoughts", "thinkingBudget", "thinkingLevel"}),
+            "generation_config.thinking_config",
+        )
         if "includeThoughts" in tc and not isinstance(tc["includeThoughts"], bool):
-            raise _bad_value("generation_config.thinking_config.include_thoughts", "TYPE_BOOL",
-                             tc["includeThoughts"])
+            raise _bad_value(
+                "generation_config.thinking_config.include_thoughts",
+                "TYPE_BOOL",
+                tc["includeThoughts"],
+            )
         if "thinkingBudget" in tc and not _is_int(tc["thinkingBudget"]):
-            raise _bad_value("generation_config.thinking_config.thinking_budget", "TYPE_INT32",
-                             tc["thinkingBudget"])
+            raise _bad_value(
+                "generation_config.thinking_config.thinking_budget",
+                "TYPE_INT32",
+                tc["thinkingBudget"],
+            )
         if "thinkingBudget" in tc and "thinkingLevel" in tc:
             raise _Invalid("You can only set only one of thinking budget and thinking level.")
         gc["thinkingConfig"] = tc
@@ -310,8 +376,10 @@ def _validate_tools(tools: Any) -> list[dict[str, Any]]:
                     "of 64."
                 )
             if "parameters" in fd and "parametersJsonSchema" in fd:
-                raise _Invalid(f"* GenerateContentRequest.{where}: parameters and "
-                               "parameters_json_schema cannot both be set.")
+                raise _Invalid(
+                    f"* GenerateContentRequest.{where}: parameters and "
+                    "parameters_json_schema cannot both be set."
+                )
             for key in ("parameters", "parametersJsonSchema"):
                 if key in fd and not isinstance(fd[key], dict):
                     raise _bad_value(f"{where}.{_snake(key)}", "TYPE_MESSAGE", fd[key])
@@ -321,34 +389,47 @@ def _validate_tools(tools: Any) -> list[dict[str, Any]]:
 
 def _validate_tool_config(tc: Any, decls: list[dict[str, Any]]) -> tuple[str, list[str]]:
     """(mode, allowed function names)."""
-    tc = _norm(_require_object(tc, "tool_config"),
-               frozenset({"functionCallingConfig", "retrievalConfig",
-                          "includeServerSideToolInvocations"}), "tool_config")
+    tc = _norm(
+        _require_object(tc, "tool_config"),
+        frozenset({"functionCallingConfig", "retrievalConfig", "includeServerSideToolInvocations"}),
+        "tool_config",
+    )
     fcc = tc.get("functionCallingConfig")
     if fcc is None:
         return "AUTO", []
     where = "tool_config.function_calling_config"
-    fcc = _norm(_require_object(fcc, where),
-                frozenset({"mode", "allowedFunctionNames", "streamFunctionCallArguments"}), where)
+    fcc = _norm(
+        _require_object(fcc, where),
+        frozenset({"mode", "allowedFunctionNames", "streamFunctionCallArguments"}),
+        where,
+    )
     mode = fcc.get("mode", "AUTO")
     if mode not in _MODES:
-        raise _Invalid(f"Invalid value at '{where}.mode' (type.googleapis.com/google.ai."
-                       f"generativelanguage.v1beta.FunctionCallingConfig.Mode), \"{mode}\"")
+        raise _Invalid(
+            f"Invalid value at '{where}.mode' (type.googleapis.com/google.ai."
+            f'generativelanguage.v1beta.FunctionCallingConfig.Mode), "{mode}"'
+        )
     allowed = fcc.get("allowedFunctionNames") or []
     if not isinstance(allowed, list) or not all(isinstance(n, str) for n in allowed):
         raise _bad_value(f"{where}.allowed_function_names", "TYPE_STRING", allowed)
     if allowed and mode not in ("ANY", "VALIDATED"):
-        raise _Invalid("* GenerateContentRequest.tool_config.function_calling_config."
-                       "allowed_function_names: allowed_function_names may only be set when "
-                       "mode is ANY or VALIDATED.")
+        raise _Invalid(
+            "* GenerateContentRequest.tool_config.function_calling_config."
+            "allowed_function_names: allowed_function_names may only be set when "
+            "mode is ANY or VALIDATED."
+        )
     declared = {d["name"] for d in decls}
     for name in allowed:
         if name not in declared:
-            raise _Invalid(f"* GenerateContentRequest.tool_config.function_calling_config."
-                           f"allowed_function_names: function {name!r} is not declared.")
+            raise _Invalid(
+                f"* GenerateContentRequest.tool_config.function_calling_config."
+                f"allowed_function_names: function {name!r} is not declared."
+            )
     if mode in ("ANY", "VALIDATED") and not decls:
-        raise _Invalid("* GenerateContentRequest.tools: function calling mode ANY requires "
-                       "function declarations.")
+        raise _Invalid(
+            "* GenerateContentRequest.tools: function calling mode ANY requires "
+            "function declarations."
+        )
     return mode, allowed
 
 
@@ -361,12 +442,14 @@ def _validate(body: Any) -> dict[str, Any]:
     if not contents:
         raise _Invalid("* GenerateContentRequest.contents: contents is not specified")
     if not isinstance(contents, list):
-        raise _bad_value("contents", "type.googleapis.com/google.ai.generativelanguage.Content",
-                         contents)
+        raise _bad_value(
+            "contents", "type.googleapis.com/google.ai.generativelanguage.Content", contents
+        )
     body["contents"] = [_validate_content(c, f"contents[{i}]") for i, c in enumerate(contents)]
     if "systemInstruction" in body:
-        body["systemInstruction"] = _validate_content(body["systemInstruction"],
-                                                      "system_instruction", system=True)
+        body["systemInstruction"] = _validate_content(
+            body["systemInstruction"], "system_instruction", system=True
+        )
     body["generationConfig"] = _validate_generation_config(body.get("generationConfig") or {})
     decls = _validate_tools(body.get("tools") or [])
     mode, allowed = _validate_tool_config(body.get("toolConfig") or {}, decls)
@@ -387,8 +470,11 @@ def _schema_value(schema: Any, text: str, words: int) -> Any:
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "string")
-    kind = kind.lower() if isinstance(kind, str) else ("object" if "properties" in schema
-                                                        else "string")
+    kind = (
+        kind.lower()
+        if isinstance(kind, str)
+        else ("object" if "properties" in schema else "string")
+    )
     if "enum" in schema and isinstance(schema["enum"], list) and schema["enum"]:
         return schema["enum"][0]
     if kind == "object":
@@ -441,8 +527,7 @@ def _jwt_claims(assertion: str) -> dict[str, Any] | None:
         claims = orjson.loads(base64.urlsafe_b64decode(pieces[1] + "=" * (-len(pieces[1]) % 4)))
     except (binascii.Error, ValueError):
         return None
-    if not isinstance(header, dict) or header.get("alg") != "RS256" or not isinstance(claims,
-                                                                                      dict):
+    if not isinstance(header, dict) or header.get("alg") != "RS256" or not isinstance(claims, dict):
         return None
     return claims
 
@@ -470,13 +555,16 @@ class _Google(Provider):
         }
         if status == 429 and details is None:
             retry = (headers or {}).get("retry-after")
-            details = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                        "retryDelay": f"{retry or 1}s"}]
+            details = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                    "retryDelay": f"{retry or 1}s",
+                }
+            ]
         if details:
             err["details"] = details
         all_headers = {"Content-Type": "application/json; charset=UTF-8", **(headers or {})}
-        return web.Response(body=orjson.dumps({"error": err}), status=status,
-                            headers=all_headers)
+        return web.Response(body=orjson.dumps({"error": err}), status=status, headers=all_headers)
 
     async def not_found(self, request: web.Request, body: Any) -> web.StreamResponse:
         return self.error(404, f"Method not found: {request.method} {request.path}")
@@ -506,9 +594,12 @@ class _Google(Provider):
             **self.embedding_methods(),
         }.get(method)
         if handler is None:
-            return self.error(404, f"models/{model} is not found for API version "
-                              f"{request.match_info['version']}, or is not supported for "
-                              f"{method}.")
+            return self.error(
+                404,
+                f"models/{model} is not found for API version "
+                f"{request.match_info['version']}, or is not supported for "
+                f"{method}.",
+            )
         if (denied := self.auth(request)) is not None:
             return denied
         if (fault := await self.faults(request)) is not None:
@@ -525,8 +616,9 @@ class _Google(Provider):
 
     # -- generateContent
 
-    async def count_tokens(self, request: web.Request, body: Any, model: str,
-                           method: str) -> web.StreamResponse:
+    async def count_tokens(
+        self, request: web.Request, body: Any, model: str, method: str
+    ) -> web.StreamResponse:
         inner = body.get("generateContentRequest") if isinstance(body, dict) else None
         req = _validate(inner if inner is not None else body)
         return await self.reply(request, {"totalTokens": self._prompt_tokens(req)})
@@ -534,14 +626,17 @@ class _Google(Provider):
     @staticmethod
     def _prompt_tokens(body: dict[str, Any]) -> int:
         n = 0
-        for c in [*body["contents"], *([body["systemInstruction"]] if "systemInstruction" in
-                                       body else [])]:
+        for c in [
+            *body["contents"],
+            *([body["systemInstruction"]] if "systemInstruction" in body else []),
+        ]:
             for p in c["parts"]:
                 n += count_words(p["text"]) if "text" in p else 1
         return n
 
-    async def generate(self, request: web.Request, body: Any, model: str,
-                       method: str) -> web.StreamResponse:
+    async def generate(
+        self, request: web.Request, body: Any, model: str, method: str
+    ) -> web.StreamResponse:
         req = _validate(body)
         gc: dict[str, Any] = req["generationConfig"]
         last = next((c for c in reversed(req["contents"]) if c.get("role") != "model"), None)
@@ -569,17 +664,32 @@ class _Google(Provider):
             usage["thoughtsTokenCount"] = thought_tokens * n
         if method == "generateContent":
             cands = [
-                {"content": {"parts": [*thoughts, *parts], "role": "model"},
-                 "finishReason": finish, "index": i}
+                {
+                    "content": {"parts": [*thoughts, *parts], "role": "model"},
+                    "finishReason": finish,
+                    "index": i,
+                }
                 for i in range(n)
             ]
-            return await self.reply(request, {"candidates": cands, "usageMetadata": usage,
-                                              "modelVersion": model, "responseId": rid})
+            return await self.reply(
+                request,
+                {
+                    "candidates": cands,
+                    "usageMetadata": usage,
+                    "modelVersion": model,
+                    "responseId": rid,
+                },
+            )
         return await self._stream(request, model, rid, n, thoughts, parts, finish, usage)
 
-    def _answer(self, req: dict[str, Any], gc: dict[str, Any], last_user: str,
-                after_tool: bool, prompt_tokens: int
-                ) -> tuple[list[dict[str, Any]], str, int]:
+    def _answer(
+        self,
+        req: dict[str, Any],
+        gc: dict[str, Any],
+        last_user: str,
+        after_tool: bool,
+        prompt_tokens: int,
+    ) -> tuple[list[dict[str, Any]], str, int]:
         """(parts, finishReason, output tokens) of the deterministic reply."""
         decls: list[dict[str, Any]] = req["_decls"]
         mode: str = req["_mode"]
@@ -590,11 +700,13 @@ class _Google(Provider):
             pool = [d for d in decls if not allowed or d["name"] in allowed]
             chosen = pool if "use all tools" in lowered else pool[:1]
             query = " ".join(last_user.split()[:8]) or "(no text)"
-            calls = [{"functionCall": {"name": d["name"], "args": {"query": query}}}
-                     for d in chosen]
+            calls = [
+                {"functionCall": {"name": d["name"], "args": {"query": query}}} for d in chosen
+            ]
             return calls, "STOP", sum(2 + count_words(query) for _ in calls)
-        completion: Completion = self.completion(last_user, prompt_tokens,
-                                                 gc.get("maxOutputTokens"))
+        completion: Completion = self.completion(
+            last_user, prompt_tokens, gc.get("maxOutputTokens")
+        )
         if gc.get("responseMimeType") == "application/json":
             schema = gc.get("responseJsonSchema") or gc.get("responseSchema")
             value = _schema_value(schema, completion.text, completion.completion_tokens)
@@ -603,9 +715,17 @@ class _Google(Provider):
         finish = "MAX_TOKENS" if completion.truncated else "STOP"
         return [{"text": completion.text}], finish, completion.completion_tokens
 
-    async def _stream(self, request: web.Request, model: str, rid: str, n: int,
-                      thoughts: list[dict[str, Any]], parts: list[dict[str, Any]],
-                      finish: str, usage: dict[str, Any]) -> web.StreamResponse:
+    async def _stream(
+        self,
+        request: web.Request,
+        model: str,
+        rid: str,
+        n: int,
+        thoughts: list[dict[str, Any]],
+        parts: list[dict[str, Any]],
+        finish: str,
+        usage: dict[str, Any],
+    ) -> web.StreamResponse:
         prompt = usage["promptTokenCount"]
 
         def event(p: list[dict[str, Any]], last: bool, sent: int) -> dict[str, Any]:
@@ -615,16 +735,27 @@ class _Google(Provider):
                 if last:
                     cand["finishReason"] = finish
                 cands.append(cand)
-            um = usage if last else {"promptTokenCount": prompt, "candidatesTokenCount": sent,
-                                     "totalTokenCount": prompt + sent}
-            return {"candidates": cands, "usageMetadata": um, "modelVersion": model,
-                    "responseId": rid}
+            um = (
+                usage
+                if last
+                else {
+                    "promptTokenCount": prompt,
+                    "candidatesTokenCount": sent,
+                    "totalTokenCount": prompt + sent,
+                }
+            )
+            return {
+                "candidates": cands,
+                "usageMetadata": um,
+                "modelVersion": model,
+                "responseId": rid,
+            }
 
         pieces: list[list[dict[str, Any]]]
         if len(parts) == 1 and "text" in parts[0]:
             text: str = parts[0]["text"]
             if text.startswith(("{", "[")):  # JSON mode: cut anywhere, like real streams
-                pieces = [[{"text": text[i:i + 16]}] for i in range(0, len(text), 16)]
+                pieces = [[{"text": text[i : i + 16]}] for i in range(0, len(text), 16)]
             else:
                 words = text.split(" ")
                 pieces = [[{"text": w if i == 0 else " " + w}] for i, w in enumerate(words)]
@@ -639,8 +770,9 @@ class _Google(Provider):
             for obj in objs:
                 yield b"data: " + orjson.dumps(obj) + _SSE_END
 
-        return await self.stream(request, list(frames(preamble)), frames(events[:-1]),
-                                 list(frames(events[-1:])))
+        return await self.stream(
+            request, list(frames(preamble)), frames(events[:-1]), list(frames(events[-1:]))
+        )
 
 
 class GeminiProvider(_Google):
@@ -668,9 +800,14 @@ class GeminiProvider(_Google):
             return self.error(
                 400,
                 "API key not valid. Please pass a valid API key.",
-                details=[{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                          "reason": "API_KEY_INVALID", "domain": "googleapis.com",
-                          "metadata": {"service": "generativelanguage.googleapis.com"}}],
+                details=[
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    }
+                ],
             )
         return None
 
@@ -680,9 +817,14 @@ class GeminiProvider(_Google):
         if (denied := self.auth(request)) is not None:
             return denied
         models = [
-            {"name": f"models/{m}", "version": "001", "displayName": m,
-             "inputTokenLimit": 1048576, "outputTokenLimit": 65536,
-             "supportedGenerationMethods": ["generateContent", "countTokens"]}
+            {
+                "name": f"models/{m}",
+                "version": "001",
+                "displayName": m,
+                "inputTokenLimit": 1048576,
+                "outputTokenLimit": 65536,
+                "supportedGenerationMethods": ["generateContent", "countTokens"],
+            }
             for m in _MODELS
         ]
         return self._json({"models": models})
@@ -696,34 +838,41 @@ class GeminiProvider(_Google):
 
     @staticmethod
     def _embed_one(req: Any, where: str) -> list[float]:
-        req = _norm(_require_object(req, where),
-                    frozenset({"model", "content", "taskType", "title", "outputDimensionality"}),
-                    where)
+        req = _norm(
+            _require_object(req, where),
+            frozenset({"model", "content", "taskType", "title", "outputDimensionality"}),
+            where,
+        )
         content = _validate_content(req.get("content"), f"{where}.content")
         dims = req.get("outputDimensionality", _EMBED_DIMS)
         if not _is_int(dims) or not 1 <= dims <= 3072:
             raise _bad_value(f"{where}.output_dimensionality", "TYPE_INT32", dims)
         return embedding(_texts(content["parts"]), dims)
 
-    async def batch_embed(self, request: web.Request, body: Any, model: str,
-                          method: str) -> web.StreamResponse:
+    async def batch_embed(
+        self, request: web.Request, body: Any, model: str, method: str
+    ) -> web.StreamResponse:
         body = _norm(_require_object(body, ""), frozenset({"requests"}), "")
         reqs = body.get("requests")
         if not isinstance(reqs, list) or not reqs:
             raise _Invalid("* BatchEmbedContentsRequest.requests: requests is not specified")
         if len(reqs) > 100:
-            raise _Invalid("* BatchEmbedContentsRequest.requests: at most 100 requests can be "
-                           "in one batch")
+            raise _Invalid(
+                "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch"
+            )
         out = []
         for i, r in enumerate(reqs):
             if isinstance(r, dict) and r.get("model") != f"models/{model}":
-                raise _Invalid(f"* BatchEmbedContentsRequest.requests[{i}].model: the model "
-                               f"must be models/{model}, as in the URL.")
+                raise _Invalid(
+                    f"* BatchEmbedContentsRequest.requests[{i}].model: the model "
+                    f"must be models/{model}, as in the URL."
+                )
             out.append({"values": self._embed_one(r, f"requests[{i}]")})
         return await self.reply(request, {"embeddings": out})
 
-    async def embed(self, request: web.Request, body: Any, model: str,
-                    method: str) -> web.StreamResponse:
+    async def embed(
+        self, request: web.Request, body: Any, model: str, method: str
+    ) -> web.StreamResponse:
         return await self.reply(request, {"embedding": {"values": self._embed_one(body, "")}})
 
 
@@ -740,8 +889,12 @@ class VertexProvider(_Google):
 
     def routes(self) -> list[tuple[str, str, BodyHandler]]:
         return [
-            ("POST", "/{version}/projects/{project}/locations/{location}/publishers/google/"
-                     "models/{target}", self.dispatch),
+            (
+                "POST",
+                "/{version}/projects/{project}/locations/{location}/publishers/google/"
+                "models/{target}",
+                self.dispatch,
+            ),
             ("POST", "/token", self.token),
         ]
 
@@ -773,13 +926,15 @@ class VertexProvider(_Google):
         if claims is None:
             return self._oauth_error("invalid_grant", "Invalid JWT: malformed assertion.")
         if not claims.get("iss") or not (claims.get("scope") or claims.get("target_audience")):
-            return self._oauth_error("invalid_scope", "Invalid OAuth scope or ID token audience "
-                                     "provided.")
+            return self._oauth_error(
+                "invalid_scope", "Invalid OAuth scope or ID token audience provided."
+            )
         token = f"sim-token-{next(self._token_ids)}"
         self.issued.add(token)
         return web.Response(
-            body=orjson.dumps({"access_token": token, "expires_in": _TOKEN_LIFETIME_S,
-                               "token_type": "Bearer"}),
+            body=orjson.dumps(
+                {"access_token": token, "expires_in": _TOKEN_LIFETIME_S, "token_type": "Bearer"}
+            ),
             headers={"Content-Type": "application/json"},
         )
 
@@ -794,8 +949,9 @@ class VertexProvider(_Google):
     def embedding_methods(self) -> dict[str, Any]:
         return {"predict": self.predict}
 
-    async def predict(self, request: web.Request, body: Any, model: str,
-                      method: str) -> web.StreamResponse:
+    async def predict(
+        self, request: web.Request, body: Any, model: str, method: str
+    ) -> web.StreamResponse:
         body = _norm(_require_object(body, ""), frozenset({"instances", "parameters"}), "")
         instances = body.get("instances")
         if not isinstance(instances, list) or not instances:
@@ -813,9 +969,14 @@ class VertexProvider(_Google):
                 raise _Invalid(f"instances[{i}].content must be a string.")
             text: str = inst["content"]
             chars += len(text)
-            predictions.append({"embeddings": {
-                "statistics": {"truncated": False, "token_count": count_words(text)},
-                "values": embedding(text, dims),
-            }})
-        return await self.reply(request, {"predictions": predictions,
-                                          "metadata": {"billableCharacterCount": chars}})
+            predictions.append(
+                {
+                    "embeddings": {
+                        "statistics": {"truncated": False, "token_count": count_words(text)},
+                        "values": embedding(text, dims),
+                    }
+                }
+            )
+        return await self.reply(
+            request, {"predictions": predictions, "metadata": {"billableCharacterCount": chars}}
+        )

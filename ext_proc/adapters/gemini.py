@@ -20,11 +20,13 @@ from ext_proc.translate.openai import TranslationError
 _JSON: Headers = [("content-type", b"application/json")]
 
 
-def _response(status: int, content_type: str, req: dict[str, Any],
-              backend: BackendInfo) -> ResponseHandler:
+def _response(
+    status: int, content_type: str, req: dict[str, Any], backend: BackendInfo
+) -> ResponseHandler:
     if status < 300 and is_sse(content_type):
         return Stream(gemini.StreamToOpenAI(backend.model, openai.client_wants_usage(req)))
     if status < 300:
+
         def convert(body: bytes) -> tuple[bytes | None, Usage]:
             data = orjson.loads(body)
             return gemini.response_to_openai(data, backend.model), gemini.usage_of(data)
@@ -37,8 +39,9 @@ def _error_handler(status: int) -> ResponseHandler:
     return Buffered(lambda body: (gemini.error_to_openai(status, body), None), rewrites=True)
 
 
-def _embeddings_handler(status: int, req: dict[str, Any], backend: BackendInfo,
-                        vertex: bool) -> ResponseHandler:
+def _embeddings_handler(
+    status: int, req: dict[str, Any], backend: BackendInfo, vertex: bool
+) -> ResponseHandler:
     if status >= 300:
         return _error_handler(status)
     fmt = req.get("encoding_format")
@@ -62,19 +65,20 @@ class GeminiAdapter:
         path = p.path_prefix + gemini.gemini_path(backend.model, bool(req.get("stream")))
         return path.encode(), gemini.request_from_openai(req), self._headers(p)
 
-    def response(self, status: int, content_type: str, req: dict[str, Any],
-                 backend: BackendInfo) -> ResponseHandler:
+    def response(
+        self, status: int, content_type: str, req: dict[str, Any], backend: BackendInfo
+    ) -> ResponseHandler:
         return _response(status, content_type, req, backend)
 
-    def embeddings(self, req: dict[str, Any], backend: BackendInfo
-                   ) -> tuple[bytes, bytes, Headers]:
+    def embeddings(self, req: dict[str, Any], backend: BackendInfo) -> tuple[bytes, bytes, Headers]:
         """(path, body, headers) for an OpenAI `/v1/embeddings` request."""
         p = backend.provider
         path, body = gemini.embeddings_request(req, backend.model, vertex=False)
         return (p.path_prefix + path).encode(), body, self._headers(p)
 
-    def embeddings_response(self, status: int, req: dict[str, Any],
-                            backend: BackendInfo) -> ResponseHandler:
+    def embeddings_response(
+        self, status: int, req: dict[str, Any], backend: BackendInfo
+    ) -> ResponseHandler:
         return _embeddings_handler(status, req, backend, vertex=False)
 
 
@@ -110,14 +114,14 @@ class VertexAdapter:
         )
         return path.encode(), gemini.request_from_openai(req), headers
 
-    def response(self, status: int, content_type: str, req: dict[str, Any],
-                 backend: BackendInfo) -> ResponseHandler:
+    def response(
+        self, status: int, content_type: str, req: dict[str, Any], backend: BackendInfo
+    ) -> ResponseHandler:
         if status == 401:  # token revoked or expired early: renew without waiting for expiry
             token_source_for(backend.provider.options.get("credentials_file")).refresh_soon()
         return _response(status, content_type, req, backend)
 
-    def embeddings(self, req: dict[str, Any], backend: BackendInfo
-                   ) -> tuple[bytes, bytes, Headers]:
+    def embeddings(self, req: dict[str, Any], backend: BackendInfo) -> tuple[bytes, bytes, Headers]:
         """(path, body, headers) for an OpenAI `/v1/embeddings` request."""
         p = backend.provider
         headers = self._headers(p)
@@ -127,6 +131,7 @@ class VertexAdapter:
         )
         return (p.path_prefix + path).encode(), body, headers
 
-    def embeddings_response(self, status: int, req: dict[str, Any],
-                            backend: BackendInfo) -> ResponseHandler:
+    def embeddings_response(
+        self, status: int, req: dict[str, Any], backend: BackendInfo
+    ) -> ResponseHandler:
         return _embeddings_handler(status, req, backend, vertex=True)

@@ -227,9 +227,7 @@ def _parts(content: Any, param: str) -> list[dict[str, Any]]:
     return parts
 
 
-def _call_parts(
-    tool_calls: Any, param: str, names: dict[str, str]
-) -> list[dict[str, Any]]:
+def _call_parts(tool_calls: Any, param: str, names: dict[str, str]) -> list[dict[str, Any]]:
     """functionCall parts for an assistant message's tool_calls; records id -> name."""
     if not isinstance(tool_calls, list):
         raise TranslationError("tool_calls must be an array", param=param)
@@ -421,7 +419,8 @@ def _calling_config(
         names = [
             t["function"]["name"]
             for t in allowed.get("tools") or ()
-            if isinstance(t, dict) and isinstance(t.get("function"), dict)
+            if isinstance(t, dict)
+            and isinstance(t.get("function"), dict)
             and t["function"].get("name") in declared
         ]
         if not names:
@@ -467,8 +466,10 @@ def _generation_config(req: dict[str, Any]) -> dict[str, Any]:
         v = req.get(key)
         if v is not None:
             gc[g_key] = _number(v, key)
-    for key, g_key in (("presence_penalty", "presencePenalty"),
-                       ("frequency_penalty", "frequencyPenalty")):
+    for key, g_key in (
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ):
         v = req.get(key)
         if v is not None and _number(v, key) != 0:  # many SDKs send 0: not worth a 400
             gc[g_key] = v
@@ -660,8 +661,9 @@ def _map_error(status: int, err: dict[str, Any]) -> tuple[str, str | None]:
     elif status in _STATUS_ERRORS:
         type_, code = _STATUS_ERRORS[status]
     else:
-        type_, code = ("api_error", None) if status >= 500 or status == 0 else (
-            "invalid_request_error", None)
+        type_, code = (
+            ("api_error", None) if status >= 500 or status == 0 else ("invalid_request_error", None)
+        )
     if type_ == "invalid_request_error" and code is None:
         msg = err.get("message")
         if isinstance(msg, str) and _TOO_LONG.search(msg):

@@ -210,6 +210,25 @@ def test_primary_5xx_fails_over_and_is_ejected(fo: FailoverGateway, status: int)
     assert headers["x-switchyard-backend"] == "primary/gpt-primary"
 
 
+def test_client_errors_are_not_retried(fo: FailoverGateway) -> None:
+    fo.options("primary", error_rate=1.0, error_status=400)
+    with pytest.raises(openai.BadRequestError):
+        fo.client.chat.completions.create(model="multi", messages=MESSAGES)
+    assert len(fo.requests("primary")) == 1
+    assert fo.requests("claude") == [] and fo.requests("spare") == []
+
+
+def test_failover_metrics(fo: FailoverGateway) -> None:
+    fo.options("primary", error_rate=1.0, error_status=500)
+    for _ in range(10):
+        _one(fo.client, "multi", stream=False)
+    time.sleep(0.7)
+    text = httpx.get(f"http://127.0.0.1:{fo.ports['metrics']}/metrics").text
+    assert 'switchyard_attempts_total{backend="primary/gpt-primary",status="500"}' in text
+    assert 'switchyard_failovers_total{backend="claude/claude-backup",model="multi"}' in text
+    assert 'switchyard_backend_ejections_total{cluster="primary.gpt-primary"}' in text
+
+
 def test_connection_refused_fails_over_and_is_ejected(fo: FailoverGateway) -> None:
     results = _run_200(fo, "deadfirst", _served_by_backup)
     assert {h["x-switchyard-backend"] for h in results} == {"claude/claude-backup"}

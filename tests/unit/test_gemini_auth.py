@@ -279,22 +279,25 @@ async def test_vertex_adapter_end_to_end(
     )
     assert ("authorization", b"Bearer " + token.encode()) in headers
     async with httpx.AsyncClient(base_url=vertex_sim.base_url) as http:
-        resp = await http.post(path.decode(), content=body, headers=dict(
-            (k, v.decode()) for k, v in headers))
+        resp = await http.post(
+            path.decode(), content=body, headers=dict((k, v.decode()) for k, v in headers)
+        )
         assert resp.status_code == 200, resp.text
         handler = adapter.response(resp.status_code, resp.headers["content-type"], REQ, backend)
         assert handler.feed(resp.content) == b""
         out = orjson.loads(handler.finish() or b"")
         assert out["choices"][0]["message"]["content"].startswith(
-            "Simulated reply from vtx-sim to: hello vertex")
+            "Simulated reply from vtx-sim to: hello vertex"
+        )
         assert handler.usage == (out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
 
         # streamed
         sreq = {**REQ, "stream": True, "stream_options": {"include_usage": True}}
         path, body, headers = adapter.request(sreq, backend)
         assert path.endswith(b":streamGenerateContent?alt=sse")
-        resp = await http.post(path.decode(), content=body, headers=dict(
-            (k, v.decode()) for k, v in headers))
+        resp = await http.post(
+            path.decode(), content=body, headers=dict((k, v.decode()) for k, v in headers)
+        )
         handler = adapter.response(resp.status_code, resp.headers["content-type"], sreq, backend)
         assert handler.streaming
         out_bytes = (handler.feed(resp.content) or b"") + (handler.finish() or b"")
@@ -302,8 +305,9 @@ async def test_vertex_adapter_end_to_end(
         assert handler.usage is not None and handler.usage[1] > 0
 
         # a token the sim never issued is refused, in Google's format, and maps to OpenAI's
-        resp = await http.post(path.decode(), content=body,
-                               headers={"authorization": "Bearer forged"})
+        resp = await http.post(
+            path.decode(), content=body, headers={"authorization": "Bearer forged"}
+        )
         assert resp.status_code == 401
         assert resp.json()["error"]["status"] == "UNAUTHENTICATED"
         handler = adapter.response(401, resp.headers["content-type"], sreq, backend)
@@ -323,8 +327,9 @@ async def test_vertex_embeddings_through_adapter(
     path, body, headers = adapter.embeddings(req, backend)
     assert path.endswith(b"/publishers/google/models/gemini-2.5-flash:predict")
     async with httpx.AsyncClient(base_url=vertex_sim.base_url) as http:
-        resp = await http.post(path.decode(), content=body,
-                               headers=dict((k, v.decode()) for k, v in headers))
+        resp = await http.post(
+            path.decode(), content=body, headers=dict((k, v.decode()) for k, v in headers)
+        )
     assert resp.status_code == 200, resp.text
     handler = adapter.embeddings_response(200, req, backend)
     handler.feed(resp.content)

@@ -31,11 +31,21 @@ GEN = f"/v1beta/models/{MODEL}:generateContent"
 STREAM = f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"
 VERTEX_BASE = "/v1/projects/p1/locations/us-central1/publishers/google/models/" + MODEL
 HELLO = {"contents": [{"role": "user", "parts": [{"text": "hello there simulator"}]}]}
-TOOLS = [{"functionDeclarations": [
-    {"name": "search", "description": "web search",
-     "parametersJsonSchema": {"type": "object", "properties": {"query": {"type": "string"}}}},
-    {"name": "get_time"},
-]}]
+TOOLS = [
+    {
+        "functionDeclarations": [
+            {
+                "name": "search",
+                "description": "web search",
+                "parametersJsonSchema": {
+                    "type": "object",
+                    "properties": {"query": {"type": "string"}},
+                },
+            },
+            {"name": "get_time"},
+        ]
+    }
+]
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -81,8 +91,9 @@ def sse_events(body: bytes) -> list[dict[str, Any]]:
 
 
 def text_of(resp: dict[str, Any], i: int = 0) -> str:
-    return "".join(p.get("text", "") for p in resp["candidates"][i]["content"]["parts"]
-                   if not p.get("thought"))
+    return "".join(
+        p.get("text", "") for p in resp["candidates"][i]["content"]["parts"] if not p.get("thought")
+    )
 
 
 # ----------------------------------------------------------------------- wire format
@@ -130,15 +141,19 @@ async def test_stream_without_alt_sse_is_a_json_array(gem_sim: SimRunner) -> Non
 
 async def test_max_tokens_truncates(gem_sim: SimRunner) -> None:
     async with gem_http(gem_sim) as http:
-        body = (await http.post(GEN, json={**HELLO, "generationConfig": {
-            "maxOutputTokens": 3}})).json()
+        body = (
+            await http.post(GEN, json={**HELLO, "generationConfig": {"maxOutputTokens": 3}})
+        ).json()
     assert len(text_of(body).split()) == 3
     assert body["candidates"][0]["finishReason"] == "MAX_TOKENS"
 
 
 async def test_snake_case_fields_are_accepted(gem_sim: SimRunner) -> None:
-    req = {"contents": HELLO["contents"], "system_instruction": {"parts": [{"text": "sys"}]},
-           "generation_config": {"max_output_tokens": 4}}
+    req = {
+        "contents": HELLO["contents"],
+        "system_instruction": {"parts": [{"text": "sys"}]},
+        "generation_config": {"max_output_tokens": 4},
+    }
     async with gem_http(gem_sim) as http:
         body = (await http.post(GEN, json=req)).json()
     assert len(text_of(body).split()) == 4
@@ -159,16 +174,27 @@ async def test_thoughts(gem_sim: SimRunner) -> None:
     [
         ({"responseMimeType": "application/json"}, lambda v: set(v) == {"reply"}),
         (
-            {"responseMimeType": "application/json", "responseJsonSchema": {
-                "type": "object", "properties": {"city": {"type": "string"},
-                                                 "n": {"type": "integer"},
-                                                 "ok": {"type": "boolean"}}}},
+            {
+                "responseMimeType": "application/json",
+                "responseJsonSchema": {
+                    "type": "object",
+                    "properties": {
+                        "city": {"type": "string"},
+                        "n": {"type": "integer"},
+                        "ok": {"type": "boolean"},
+                    },
+                },
+            },
             lambda v: isinstance(v["city"], str) and isinstance(v["n"], int) and v["ok"] is True,
         ),
         (
-            {"responseMimeType": "application/json", "responseSchema": {
-                "type": "OBJECT", "properties": {"tags": {"type": "ARRAY",
-                                                          "items": {"type": "STRING"}}}}},
+            {
+                "responseMimeType": "application/json",
+                "responseSchema": {
+                    "type": "OBJECT",
+                    "properties": {"tags": {"type": "ARRAY", "items": {"type": "STRING"}}},
+                },
+            },
             lambda v: isinstance(v["tags"], list),
         ),
     ],
@@ -196,8 +222,10 @@ async def test_json_mode(gem_sim: SimRunner, config: dict[str, Any], check: Any)
 async def test_function_calling(
     gem_sim: SimRunner, text: str, config: dict[str, Any] | None, expected: list[str]
 ) -> None:
-    req: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": text}]}],
-                           "tools": TOOLS}
+    req: dict[str, Any] = {
+        "contents": [{"role": "user", "parts": [{"text": text}]}],
+        "tools": TOOLS,
+    }
     if config:
         req["toolConfig"] = {"functionCallingConfig": config}
     async with gem_http(gem_sim) as http:
@@ -208,18 +236,27 @@ async def test_function_calling(
     assert [c["name"] for c in calls] == expected
     assert all(c["args"] == {"query": " ".join(text.split()[:8])} for c in calls)
     assert body["candidates"][0]["finishReason"] == "STOP"
-    streamed = [p["functionCall"]["name"] for e in events
-                for p in e["candidates"][0]["content"]["parts"] if "functionCall" in p]
+    streamed = [
+        p["functionCall"]["name"]
+        for e in events
+        for p in e["candidates"][0]["content"]["parts"]
+        if "functionCall" in p
+    ]
     assert streamed == expected
 
 
 async def test_no_second_call_after_a_function_response(gem_sim: SimRunner) -> None:
-    req = {"contents": [
-        {"role": "user", "parts": [{"text": "use tool please"}]},
-        {"role": "model", "parts": [{"functionCall": {"name": "search", "args": {}}}]},
-        {"role": "user", "parts": [{"functionResponse": {"name": "search",
-                                                         "response": {"content": "42"}}}]},
-    ], "tools": TOOLS}
+    req = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "use tool please"}]},
+            {"role": "model", "parts": [{"functionCall": {"name": "search", "args": {}}}]},
+            {
+                "role": "user",
+                "parts": [{"functionResponse": {"name": "search", "response": {"content": "42"}}}],
+            },
+        ],
+        "tools": TOOLS,
+    }
     async with gem_http(gem_sim) as http:
         body = (await http.post(GEN, json=req)).json()
     assert "text" in body["candidates"][0]["content"]["parts"][0]
@@ -228,40 +265,88 @@ async def test_no_second_call_after_a_function_response(gem_sim: SimRunner) -> N
 INVALID: list[tuple[Any, str]] = [
     ({}, "contents is not specified"),
     ({"contents": []}, "contents is not specified"),
-    ({"contents": [{"role": "assistant", "parts": [{"text": "x"}]}]},
-     "Please use a valid role: user, model."),
+    (
+        {"contents": [{"role": "assistant", "parts": [{"text": "x"}]}]},
+        "Please use a valid role: user, model.",
+    ),
     ({"contents": [{"role": "user", "parts": []}]}, "contents.parts must not be empty"),
     ({"contents": [{"role": "user", "parts": [{"txt": "x"}]}]}, 'Unknown name "txt"'),
-    ({"contents": [{"role": "user", "parts": [{"text": "x", "inlineData": {
-        "mimeType": "image/png", "data": "AA=="}}]}]}, "Oneof field 'data' is already set"),
-    ({"contents": [{"role": "user", "parts": [{"thought": True}]}]},
-     "required oneof field 'data'"),
-    ({"contents": [{"role": "user", "parts": [{"inlineData": {"mimeType": "image/png",
-                                                              "data": "***"}}]}]},
-     "Base64 decoding failed"),
+    (
+        {
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [
+                        {"text": "x", "inlineData": {"mimeType": "image/png", "data": "AA=="}}
+                    ],
+                }
+            ]
+        },
+        "Oneof field 'data' is already set",
+    ),
+    ({"contents": [{"role": "user", "parts": [{"thought": True}]}]}, "required oneof field 'data'"),
+    (
+        {
+            "contents": [
+                {
+                    "role": "user",
+                    "parts": [{"inlineData": {"mimeType": "image/png", "data": "***"}}],
+                }
+            ]
+        },
+        "Base64 decoding failed",
+    ),
     ({**HELLO, "temperatura": 1}, 'Unknown name "temperatura"'),
-    ({**HELLO, "generationConfig": {"temperature": "hot"}},
-     "Invalid value at 'generation_config.temperature' (TYPE_FLOAT)"),
-    ({**HELLO, "generationConfig": {"maxOutputTokens": 1.5}},
-     "Invalid value at 'generation_config.max_output_tokens' (TYPE_INT32)"),
+    (
+        {**HELLO, "generationConfig": {"temperature": "hot"}},
+        "Invalid value at 'generation_config.temperature' (TYPE_FLOAT)",
+    ),
+    (
+        {**HELLO, "generationConfig": {"maxOutputTokens": 1.5}},
+        "Invalid value at 'generation_config.max_output_tokens' (TYPE_INT32)",
+    ),
     ({**HELLO, "generationConfig": {"temperature": 3}}, "temperature value of 3"),
     ({**HELLO, "generationConfig": {"stopSequences": list("abcdef")}}, "more than 5 stop"),
     ({**HELLO, "generationConfig": {"responseMimeType": "text/html"}}, "allowed mimetypes"),
-    ({**HELLO, "generationConfig": {"responseJsonSchema": {}}},
-     "response_mime_type must be set to application/json"),
-    ({**HELLO, "generationConfig": {"thinkingConfig": {"thinkingBudget": 1,
-                                                       "thinkingLevel": "low"}}},
-     "only one of thinking budget and thinking level"),
-    ({**HELLO, "tools": [{"functionDeclarations": [{"name": "1bad"}]}]},
-     "Invalid function name"),
-    ({**HELLO, "tools": [{"functionDeclarations": [{"name": "f", "parameters": {},
-                                                    "parametersJsonSchema": {}}]}]},
-     "cannot both be set"),
-    ({**HELLO, "tools": TOOLS, "toolConfig": {"functionCallingConfig": {
-        "mode": "AUTO", "allowedFunctionNames": ["search"]}}},
-     "allowed_function_names may only be set when mode is ANY"),
-    ({**HELLO, "toolConfig": {"functionCallingConfig": {"mode": "SOMETIMES"}}},
-     "function_calling_config.mode"),
+    (
+        {**HELLO, "generationConfig": {"responseJsonSchema": {}}},
+        "response_mime_type must be set to application/json",
+    ),
+    (
+        {
+            **HELLO,
+            "generationConfig": {"thinkingConfig": {"thinkingBudget": 1, "thinkingLevel": "low"}},
+        },
+        "only one of thinking budget and thinking level",
+    ),
+    ({**HELLO, "tools": [{"functionDeclarations": [{"name": "1bad"}]}]}, "Invalid function name"),
+    (
+        {
+            **HELLO,
+            "tools": [
+                {
+                    "functionDeclarations": [
+                        {"name": "f", "parameters": {}, "parametersJsonSchema": {}}
+                    ]
+                }
+            ],
+        },
+        "cannot both be set",
+    ),
+    (
+        {
+            **HELLO,
+            "tools": TOOLS,
+            "toolConfig": {
+                "functionCallingConfig": {"mode": "AUTO", "allowedFunctionNames": ["search"]}
+            },
+        },
+        "allowed_function_names may only be set when mode is ANY",
+    ),
+    (
+        {**HELLO, "toolConfig": {"functionCallingConfig": {"mode": "SOMETIMES"}}},
+        "function_calling_config.mode",
+    ),
     ([1, 2], "Invalid JSON payload received"),
 ]
 
@@ -318,7 +403,8 @@ async def test_gemini_api_key(gem_sim: SimRunner) -> None:
     assert wrong.status_code == 400
     assert wrong.json()["error"]["details"][0]["reason"] == "API_KEY_INVALID"
     assert orjson.loads(tr.error_to_openai(400, wrong.content))["error"]["code"] == (
-        "invalid_api_key")
+        "invalid_api_key"
+    )
     assert by_query.status_code == 200
 
 
@@ -338,18 +424,22 @@ async def test_vertex_bearer_and_token_endpoint(vtx_sim: SimRunner) -> None:
     async with httpx.AsyncClient(base_url=vtx_sim.base_url) as http:
         missing = await http.post(VERTEX_BASE + ":generateContent", json=HELLO)
         bad_grant = await http.post("/token", data={"grant_type": "password"})
-        bad_jwt = await http.post("/token", data={
-            "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": "x.y"})
+        bad_jwt = await http.post(
+            "/token",
+            data={"grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": "x.y"},
+        )
     assert missing.status_code == 401
     assert missing.json()["error"]["status"] == "UNAUTHENTICATED"
     assert bad_grant.status_code == 400 and bad_grant.json()["error"] == "unsupported_grant_type"
     assert bad_jwt.status_code == 400 and bad_jwt.json()["error"] == "invalid_grant"
     async with vtx_http(vtx_sim) as http:
         resp = await http.post(VERTEX_BASE + ":generateContent", json=HELLO)
-        v1beta1 = await http.post(VERTEX_BASE.replace("/v1/", "/v1beta1/")
-                                  + ":generateContent", json=HELLO)
-        v1beta = await http.post(VERTEX_BASE.replace("/v1/", "/v1beta/")
-                                 + ":generateContent", json=HELLO)
+        v1beta1 = await http.post(
+            VERTEX_BASE.replace("/v1/", "/v1beta1/") + ":generateContent", json=HELLO
+        )
+        v1beta = await http.post(
+            VERTEX_BASE.replace("/v1/", "/v1beta/") + ":generateContent", json=HELLO
+        )
     assert resp.status_code == 200 and v1beta1.status_code == 200
     assert v1beta.status_code == 404
 
@@ -358,8 +448,9 @@ async def test_vertex_bearer_and_token_endpoint(vtx_sim: SimRunner) -> None:
 
 
 async def test_rate_limit(gem_sim: SimRunner) -> None:
-    gem_sim.state.set_options(gem_sim.state.options.patched({"rate_limit": True,
-                                                             "retry_after_s": 7}))
+    gem_sim.state.set_options(
+        gem_sim.state.options.patched({"rate_limit": True, "retry_after_s": 7})
+    )
     async with gem_http(gem_sim) as http:
         resp = await http.post(GEN, json=HELLO)
     assert resp.status_code == 429
@@ -372,8 +463,9 @@ async def test_rate_limit(gem_sim: SimRunner) -> None:
 
 
 async def test_error_rate(vtx_sim: SimRunner) -> None:
-    vtx_sim.state.set_options(vtx_sim.state.options.patched({"error_rate": 1.0,
-                                                             "error_status": 503}))
+    vtx_sim.state.set_options(
+        vtx_sim.state.options.patched({"error_rate": 1.0, "error_status": 503})
+    )
     async with vtx_http(vtx_sim) as http:
         resp = await http.post(VERTEX_BASE + ":generateContent", json=HELLO)
     assert resp.status_code == 503
@@ -412,15 +504,16 @@ async def test_reset_after_chunks_ends_translated_stream_with_an_error(gem_sim: 
 
 
 async def test_gemini_embeddings(gem_sim: SimRunner) -> None:
-    path, body = tr.embeddings_request({"input": ["a b", "c"], "dimensions": 8},
-                                       "gemini-embedding-001", vertex=False)
+    path, body = tr.embeddings_request(
+        {"input": ["a b", "c"], "dimensions": 8}, "gemini-embedding-001", vertex=False
+    )
     async with gem_http(gem_sim) as http:
         resp = await http.post(path, content=body)
-        single = await http.post("/v1beta/models/gemini-embedding-001:embedContent",
-                                 json={"content": {"parts": [{"text": "c"}]},
-                                       "outputDimensionality": 8})
-        wrong_model = await http.post(path.replace("gemini-embedding-001", "other"),
-                                      content=body)
+        single = await http.post(
+            "/v1beta/models/gemini-embedding-001:embedContent",
+            json={"content": {"parts": [{"text": "c"}]}, "outputDimensionality": 8},
+        )
+        wrong_model = await http.post(path.replace("gemini-embedding-001", "other"), content=body)
     assert resp.status_code == 200, resp.text
     vectors = [e["values"] for e in resp.json()["embeddings"]]
     assert vectors == [embedding("a b", 8), embedding("c", 8)]
@@ -431,8 +524,13 @@ async def test_gemini_embeddings(gem_sim: SimRunner) -> None:
 
 
 async def test_vertex_embeddings(vtx_sim: SimRunner) -> None:
-    path, body = tr.embeddings_request({"input": "one two three"}, "text-embedding-005",
-                                       vertex=True, project="p1", location="us-central1")
+    path, body = tr.embeddings_request(
+        {"input": "one two three"},
+        "text-embedding-005",
+        vertex=True,
+        project="p1",
+        location="us-central1",
+    )
     async with vtx_http(vtx_sim) as http:
         resp = await http.post(path, content=body)
     assert resp.status_code == 200, resp.text
@@ -454,13 +552,18 @@ async def test_genai_client_generate_and_stream(gem_sim: SimRunner) -> None:
     resp = await client.aio.models.generate_content(
         model=MODEL,
         contents="hello from the sdk",
-        config=gt.GenerateContentConfig(system_instruction="be brief", max_output_tokens=50,
-                                         temperature=0.2),
+        config=gt.GenerateContentConfig(
+            system_instruction="be brief", max_output_tokens=50, temperature=0.2
+        ),
     )
     assert resp.text is not None and resp.text.startswith("Simulated reply from gem-sim")
     assert resp.usage_metadata is not None and resp.usage_metadata.prompt_token_count == 6
-    pieces = [c.text async for c in await client.aio.models.generate_content_stream(
-        model=MODEL, contents="hello from the sdk")]
+    pieces = [
+        c.text
+        async for c in await client.aio.models.generate_content_stream(
+            model=MODEL, contents="hello from the sdk"
+        )
+    ]
     assert "".join(p or "" for p in pieces) == resp.text
     sent = gem_sim.state.requests()[0]
     assert sent["headers"]["x-goog-api-key"] == KEY
@@ -468,15 +571,18 @@ async def test_genai_client_generate_and_stream(gem_sim: SimRunner) -> None:
 
 async def test_genai_client_tools_json_and_thinking(gem_sim: SimRunner) -> None:
     client = gem_client(gem_sim)
-    fn = gt.FunctionDeclaration(name="search", description="search",
-                                parameters_json_schema={"type": "object"})
+    fn = gt.FunctionDeclaration(
+        name="search", description="search", parameters_json_schema={"type": "object"}
+    )
     resp = await client.aio.models.generate_content(
-        model=MODEL, contents="use tool for cats",
+        model=MODEL,
+        contents="use tool for cats",
         config=gt.GenerateContentConfig(tools=[gt.Tool(function_declarations=[fn])]),
     )
     assert resp.function_calls and resp.function_calls[0].name == "search"
     resp = await client.aio.models.generate_content(
-        model=MODEL, contents="give json",
+        model=MODEL,
+        contents="give json",
         config=gt.GenerateContentConfig(
             response_mime_type="application/json",
             response_json_schema={"type": "object", "properties": {"n": {"type": "integer"}}},
@@ -490,8 +596,10 @@ async def test_genai_client_tools_json_and_thinking(gem_sim: SimRunner) -> None:
 async def test_genai_client_embeddings_and_errors(gem_sim: SimRunner) -> None:
     client = gem_client(gem_sim)
     emb = await client.aio.models.embed_content(
-        model="gemini-embedding-001", contents=["a", "b"],
-        config=gt.EmbedContentConfig(output_dimensionality=4))
+        model="gemini-embedding-001",
+        contents=["a", "b"],
+        config=gt.EmbedContentConfig(output_dimensionality=4),
+    )
     assert emb.embeddings is not None
     assert [e.values for e in emb.embeddings] == [embedding("a", 4), embedding("b", 4)]
     gem_sim.state.set_options(gem_sim.state.options.patched({"rate_limit": True}))
@@ -506,16 +614,22 @@ async def test_genai_vertex_client_with_service_account(tmp_path: Path) -> None:
     try:
         info = fake_service_account(runner.base_url + "/token")
         creds = service_account.Credentials.from_service_account_info(
-            info, scopes=["https://www.googleapis.com/auth/cloud-platform"])
-        client = genai.Client(vertexai=True, project="p1", location="us-central1",
-                              credentials=creds,
-                              http_options=gt.HttpOptions(base_url=runner.base_url))
+            info, scopes=["https://www.googleapis.com/auth/cloud-platform"]
+        )
+        client = genai.Client(
+            vertexai=True,
+            project="p1",
+            location="us-central1",
+            credentials=creds,
+            http_options=gt.HttpOptions(base_url=runner.base_url),
+        )
         resp = await client.aio.models.generate_content(model=MODEL, contents="hi vertex")
         assert resp.text is not None and resp.text.startswith("Simulated reply from vtx-auth")
         paths = [r["path"] for r in runner.state.requests()]
         assert paths[0] == "/token"
-        assert paths[1].endswith(f"/projects/p1/locations/us-central1/publishers/google/models/"
-                                 f"{MODEL}:generateContent")
+        assert paths[1].endswith(
+            f"/projects/p1/locations/us-central1/publishers/google/models/{MODEL}:generateContent"
+        )
         auth = runner.state.requests()[1]["headers"]["authorization"]
         assert auth.startswith("Bearer sim-token-")
     finally:
@@ -526,23 +640,49 @@ async def test_genai_vertex_client_with_service_account(tmp_path: Path) -> None:
 
 
 def _openai_requests() -> list[dict[str, Any]]:
-    tools = [{"type": "function", "function": {"name": "search", "parameters": {
-        "type": "object", "properties": {"query": {"type": "string"}},
-        "additionalProperties": False}}}]
-    msgs = [{"role": "system", "content": "be helpful"},
-            {"role": "user", "content": "hello gateway"}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "search",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"query": {"type": "string"}},
+                    "additionalProperties": False,
+                },
+            },
+        }
+    ]
+    msgs = [
+        {"role": "system", "content": "be helpful"},
+        {"role": "user", "content": "hello gateway"},
+    ]
     return [
         {"messages": msgs, "max_tokens": 5, "temperature": 0.3, "stop": ["zzz"], "seed": 1},
         {"messages": msgs, "n": 2},
         {"messages": msgs, "response_format": {"type": "json_object"}},
         {"messages": msgs, "reasoning_effort": "low"},
         {"messages": [{"role": "user", "content": "use tool for news"}], "tools": tools},
-        {"messages": [{"role": "user", "content": "hi"}], "tools": tools,
-         "tool_choice": "required"},
-        {"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "describe"},
-            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-            {"type": "image_url", "image_url": {"url": "https://example.test/cat.png"}}]}]},
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": tools,
+            "tool_choice": "required",
+        },
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "describe"},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="},
+                        },
+                        {"type": "image_url", "image_url": {"url": "https://example.test/cat.png"}},
+                    ],
+                }
+            ]
+        },
     ]
 
 
@@ -564,8 +704,11 @@ async def test_translator_against_the_sim(gem_sim: SimRunner, req: dict[str, Any
     assert t.error is None
     # streamed and buffered answers agree (choice 0)
     choice = out["choices"][0]
-    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks
-                       if c["choices"] and c["choices"][0]["index"] == 0)
+    streamed = "".join(
+        c["choices"][0]["delta"].get("content") or ""
+        for c in chunks
+        if c["choices"] and c["choices"][0]["index"] == 0
+    )
     assert streamed == (choice["message"]["content"] or "")
     assert t.finish_reason == choice["finish_reason"]
     assert t.usage == (out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
@@ -581,16 +724,18 @@ async def test_tool_loop_through_translator(gem_sim: SimRunner) -> None:
     tools = [{"type": "function", "function": {"name": "search"}}]
     messages: list[dict[str, Any]] = [{"role": "user", "content": "use all tools please"}]
     async with gem_http(gem_sim) as http:
-        resp = await http.post(tr.gemini_path(MODEL),
-                               content=tr.request_from_openai({"messages": messages,
-                                                               "tools": tools}))
+        resp = await http.post(
+            tr.gemini_path(MODEL),
+            content=tr.request_from_openai({"messages": messages, "tools": tools}),
+        )
         msg = orjson.loads(tr.response_to_openai(resp.json(), MODEL))["choices"][0]["message"]
         assert msg["tool_calls"][0]["id"] == "call_0_search"
         messages.append(msg)
         messages.append({"role": "tool", "tool_call_id": "call_0_search", "content": '{"n": 1}'})
-        resp = await http.post(tr.gemini_path(MODEL),
-                               content=tr.request_from_openai({"messages": messages,
-                                                               "tools": tools}))
+        resp = await http.post(
+            tr.gemini_path(MODEL),
+            content=tr.request_from_openai({"messages": messages, "tools": tools}),
+        )
     assert resp.status_code == 200, resp.text
     final = orjson.loads(tr.response_to_openai(resp.json(), MODEL))["choices"][0]
     assert final["finish_reason"] == "stop" and final["message"]["content"]

@@ -170,7 +170,10 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
                     [
                         {"type": "text", "text": "what is this"},
                         {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
-                        {"type": "image_url", "image_url": {"url": "https://x.test/a/cat.WEBP?s=1"}},
+                        {
+                            "type": "image_url",
+                            "image_url": {"url": "https://x.test/a/cat.WEBP?s=1"},
+                        },
                         {"type": "image_url", "image_url": {"url": "https://x.test/photo"}},
                         {"type": "image_url", "image_url": "gs://bucket/doc.pdf"},
                     ]
@@ -191,7 +194,12 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
                             }
                         },
                         {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://x.test/photo"}},
-                        {"fileData": {"mimeType": "application/pdf", "fileUri": "gs://bucket/doc.pdf"}},
+                        {
+                            "fileData": {
+                                "mimeType": "application/pdf",
+                                "fileUri": "gs://bucket/doc.pdf",
+                            }
+                        },
                     ],
                 }
             ]
@@ -298,7 +306,9 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {"messages": [user("hi")], "reasoning_effort": "medium"},
         {
             "contents": [{"role": "user", "parts": [{"text": "hi"}]}],
-            "generationConfig": {"thinkingConfig": {"thinkingBudget": 8192, "includeThoughts": True}},
+            "generationConfig": {
+                "thinkingConfig": {"thinkingBudget": 8192, "includeThoughts": True}
+            },
         },
     ),
     (
@@ -450,7 +460,12 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
                                 "response": {"content": {"temp_c": 21}},
                             }
                         },
-                        {"functionResponse": {"name": "get_time", "response": {"content": "12:00"}}},
+                        {
+                            "functionResponse": {
+                                "name": "get_time",
+                                "response": {"content": "12:00"},
+                            }
+                        },
                         {"text": "thanks"},
                     ],
                 },
@@ -637,8 +652,9 @@ def openai_requests(draw: st.DrawFn) -> dict[str, Any]:
     messages.append(user(draw(_text)))
     n_calls = 0
     for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(["user", "assistant", "tools"] if tool_names else
-                                    ["user", "assistant"]))
+        kind = draw(
+            st.sampled_from(["user", "assistant", "tools"] if tool_names else ["user", "assistant"])
+        )
         if kind == "user":
             messages.append(user(draw(_content())))
         elif kind == "assistant":
@@ -646,8 +662,11 @@ def openai_requests(draw: st.DrawFn) -> dict[str, Any]:
         else:
             calls = []
             for name in draw(st.lists(st.sampled_from(tool_names), min_size=1, max_size=3)):
-                args = draw(st.dictionaries(st.text(max_size=5), st.integers(-(2**53), 2**53) | st.text(),
-                                            max_size=2))
+                args = draw(
+                    st.dictionaries(
+                        st.text(max_size=5), st.integers(-(2**53), 2**53) | st.text(), max_size=2
+                    )
+                )
                 ident = draw(st.sampled_from([f"call_{n_calls}", f"call_{n_calls}_{name}"]))
                 n_calls += 1
                 calls.append(call(ident, name, orjson.dumps(args).decode()))
@@ -661,7 +680,8 @@ def openai_requests(draw: st.DrawFn) -> dict[str, Any]:
         "max_completion_tokens": st.integers(1, 10_000),
         "temperature": st.floats(0, 2),
         "top_p": st.floats(0, 1),
-        "stop": st.none() | st.text(min_size=1, max_size=5)
+        "stop": st.none()
+        | st.text(min_size=1, max_size=5)
         | st.lists(st.text(min_size=1, max_size=5), max_size=4),
         "seed": st.integers(-(2**31), 2**31 - 1),
         "n": st.integers(1, 4),
@@ -761,8 +781,10 @@ def test_response_text_reasoning_and_usage() -> None:
 def test_response_parallel_function_calls() -> None:
     out = to_openai(
         gresp(
-            {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
-             "thoughtSignature": "c2ln"},
+            {
+                "functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                "thoughtSignature": "c2ln",
+            },
             {"functionCall": {"name": "get_time", "args": {}}},
             {"functionCall": {"name": "lookup", "id": "fc-9", "args": {"q": [1]}}},
         )
@@ -792,13 +814,12 @@ def test_response_parallel_function_calls() -> None:
 
 def test_response_round_trip_of_tool_calls() -> None:
     """The assistant message we return, replayed as history, translates back to the same calls."""
-    resp = gresp({"functionCall": {"name": "get_time", "args": {"tz": "UTC"}},
-                  "thoughtSignature": "c2ln"})
+    resp = gresp(
+        {"functionCall": {"name": "get_time", "args": {"tz": "UTC"}}, "thoughtSignature": "c2ln"}
+    )
     msg = to_openai(resp)["choices"][0]["message"]
     tool_calls = msg["tool_calls"]
-    body = translate(
-        {"messages": [user("t?"), msg, tool_msg(tool_calls[0]["id"], "12:00")]}
-    )
+    body = translate({"messages": [user("t?"), msg, tool_msg(tool_calls[0]["id"], "12:00")]})
     assert body["contents"][1]["parts"] == resp["candidates"][0]["content"]["parts"]
     assert body["contents"][2]["parts"][0]["functionResponse"]["name"] == "get_time"
 
@@ -826,8 +847,10 @@ def test_finish_reason(reason: str | None, calls: bool, expected: str) -> None:
 
 def test_response_prompt_blocked() -> None:
     out = to_openai(
-        {"promptFeedback": {"blockReason": "SAFETY"},
-         "usageMetadata": {"promptTokenCount": 7, "totalTokenCount": 7}}
+        {
+            "promptFeedback": {"blockReason": "SAFETY"},
+            "usageMetadata": {"promptTokenCount": 7, "totalTokenCount": 7},
+        }
     )
     (choice,) = out["choices"]
     assert choice["finish_reason"] == "content_filter"
@@ -845,10 +868,16 @@ def test_response_safety_stop_without_content() -> None:
 def test_response_multiple_candidates() -> None:
     resp = {
         "candidates": [
-            {"content": {"role": "model", "parts": [{"text": "a"}]}, "finishReason": "STOP",
-             "index": 0},
-            {"content": {"role": "model", "parts": [{"text": "b"}]}, "finishReason": "MAX_TOKENS",
-             "index": 1},
+            {
+                "content": {"role": "model", "parts": [{"text": "a"}]},
+                "finishReason": "STOP",
+                "index": 0,
+            },
+            {
+                "content": {"role": "model", "parts": [{"text": "b"}]},
+                "finishReason": "MAX_TOKENS",
+                "index": 1,
+            },
         ]
     }
     out = to_openai(resp)
@@ -866,43 +895,86 @@ def gerr(code: int, status: str, message: str, **extra: Any) -> bytes:
 
 
 ERROR_CASES: list[tuple[int, bytes, str, str | None, str]] = [
-    (400, gerr(400, "INVALID_ARGUMENT", "Invalid value at 'x'"), "invalid_request_error", None,
-     "Invalid value at 'x'"),
     (
         400,
-        gerr(400, "INVALID_ARGUMENT",
-             "The input token count (1048577) exceeds the maximum number of tokens allowed "
-             "(1048576)."),
+        gerr(400, "INVALID_ARGUMENT", "Invalid value at 'x'"),
+        "invalid_request_error",
+        None,
+        "Invalid value at 'x'",
+    ),
+    (
+        400,
+        gerr(
+            400,
+            "INVALID_ARGUMENT",
+            "The input token count (1048577) exceeds the maximum number of tokens allowed "
+            "(1048576).",
+        ),
         "invalid_request_error",
         "context_length_exceeded",
         "The input token count (1048577) exceeds the maximum number of tokens allowed (1048576).",
     ),
-    (400, gerr(400, "INVALID_ARGUMENT", "Request payload too long"), "invalid_request_error",
-     "context_length_exceeded", "Request payload too long"),
     (
         400,
-        gerr(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.",
-             details=[{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                       "reason": "API_KEY_INVALID"}]),
+        gerr(400, "INVALID_ARGUMENT", "Request payload too long"),
+        "invalid_request_error",
+        "context_length_exceeded",
+        "Request payload too long",
+    ),
+    (
+        400,
+        gerr(
+            400,
+            "INVALID_ARGUMENT",
+            "API key not valid. Please pass a valid API key.",
+            details=[
+                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}
+            ],
+        ),
         "authentication_error",
         "invalid_api_key",
         "API key not valid. Please pass a valid API key.",
     ),
-    (429, gerr(429, "RESOURCE_EXHAUSTED", "Quota exceeded"), "rate_limit_error",
-     "rate_limit_exceeded", "Quota exceeded"),
+    (
+        429,
+        gerr(429, "RESOURCE_EXHAUSTED", "Quota exceeded"),
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        "Quota exceeded",
+    ),
     (403, gerr(403, "PERMISSION_DENIED", "denied"), "permission_error", None, "denied"),
     (401, gerr(401, "UNAUTHENTICATED", "no token"), "authentication_error", None, "no token"),
-    (404, gerr(404, "NOT_FOUND", "models/x is not found"), "not_found_error", None,
-     "models/x is not found"),
+    (
+        404,
+        gerr(404, "NOT_FOUND", "models/x is not found"),
+        "not_found_error",
+        None,
+        "models/x is not found",
+    ),
     (500, gerr(500, "INTERNAL", "boom"), "api_error", None, "boom"),
-    (503, gerr(503, "UNAVAILABLE", "The model is overloaded."), "api_error",
-     "service_unavailable", "The model is overloaded."),
+    (
+        503,
+        gerr(503, "UNAVAILABLE", "The model is overloaded."),
+        "api_error",
+        "service_unavailable",
+        "The model is overloaded.",
+    ),
     (504, gerr(504, "DEADLINE_EXCEEDED", "late"), "api_error", "timeout", "late"),
     # streamGenerateContent without alt=sse answers errors as a one-element array
-    (429, b"[" + gerr(429, "RESOURCE_EXHAUSTED", "slow down") + b"]", "rate_limit_error",
-     "rate_limit_exceeded", "slow down"),
-    (502, b"<html>Bad Gateway</html>", "api_error", None, "upstream returned HTTP 502: "
-     "<html>Bad Gateway</html>"),
+    (
+        429,
+        b"[" + gerr(429, "RESOURCE_EXHAUSTED", "slow down") + b"]",
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        "slow down",
+    ),
+    (
+        502,
+        b"<html>Bad Gateway</html>",
+        "api_error",
+        None,
+        "upstream returned HTTP 502: <html>Bad Gateway</html>",
+    ),
     (429, b"", "rate_limit_error", "rate_limit_exceeded", "upstream returned HTTP 429"),
 ]
 
@@ -941,8 +1013,9 @@ def chunks_of(data: bytes) -> list[dict[str, Any] | str]:
     return out
 
 
-def run_stream(data: bytes, include_usage: bool = True, cuts: list[int] | None = None
-               ) -> tuple[StreamToOpenAI, bytes]:
+def run_stream(
+    data: bytes, include_usage: bool = True, cuts: list[int] | None = None
+) -> tuple[StreamToOpenAI, bytes]:
     t = StreamToOpenAI("gemini-2.5-flash", include_usage)
     pieces: list[bytes] = []
     prev = 0
@@ -962,8 +1035,12 @@ def deltas(out: bytes) -> list[tuple[int, dict[str, Any], str | None]]:
     ]
 
 
-def event(*parts: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None,
-          index: int = 0) -> dict[str, Any]:
+def event(
+    *parts: dict[str, Any],
+    finish: str | None = None,
+    usage: dict[str, Any] | None = None,
+    index: int = 0,
+) -> dict[str, Any]:
     cand: dict[str, Any] = {"content": {"role": "model", "parts": list(parts)}, "index": index}
     if finish:
         cand["finishReason"] = finish
@@ -983,8 +1060,10 @@ TEXT_STREAM = sse(
 TOOL_STREAM = sse(
     event({"text": "Let me check."}),
     event(
-        {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
-         "thoughtSignature": "c2ln"},
+        {
+            "functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+            "thoughtSignature": "c2ln",
+        },
         {"functionCall": {"name": "get_time", "args": {}}},
     ),
     event(finish="STOP", usage={"promptTokenCount": 3, "candidatesTokenCount": 4}),
@@ -1063,8 +1142,12 @@ def test_stream_function_calls() -> None:
 
 
 def test_stream_prompt_blocked() -> None:
-    data = sse({"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
-                "usageMetadata": {"promptTokenCount": 4}})
+    data = sse(
+        {
+            "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+            "usageMetadata": {"promptTokenCount": 4},
+        }
+    )
     t, out = run_stream(data)
     assert deltas(out) == [
         (0, {"role": "assistant", "content": ""}, None),
@@ -1076,16 +1159,26 @@ def test_stream_prompt_blocked() -> None:
 
 def test_stream_two_candidates() -> None:
     data = sse(
-        {"candidates": [
-            {"content": {"role": "model", "parts": [{"text": "a"}]}, "index": 0},
-            {"content": {"role": "model", "parts": [{"text": "b"}]}, "index": 1},
-        ]},
-        {"candidates": [
-            {"content": {"role": "model", "parts": [{"text": "!"}]}, "index": 0,
-             "finishReason": "STOP"},
-            {"content": {"role": "model", "parts": [{"text": "?"}]}, "index": 1,
-             "finishReason": "MAX_TOKENS"},
-        ]},
+        {
+            "candidates": [
+                {"content": {"role": "model", "parts": [{"text": "a"}]}, "index": 0},
+                {"content": {"role": "model", "parts": [{"text": "b"}]}, "index": 1},
+            ]
+        },
+        {
+            "candidates": [
+                {
+                    "content": {"role": "model", "parts": [{"text": "!"}]},
+                    "index": 0,
+                    "finishReason": "STOP",
+                },
+                {
+                    "content": {"role": "model", "parts": [{"text": "?"}]},
+                    "index": 1,
+                    "finishReason": "MAX_TOKENS",
+                },
+            ]
+        },
     )
     _, out = run_stream(data)
     assert deltas(out) == [
@@ -1110,9 +1203,10 @@ def _error_frame(out: bytes) -> dict[str, Any]:
 
 
 def test_stream_error_frame() -> None:
-    data = sse(event({"text": "Hi"}),
-               {"error": {"code": 429, "message": "Resource exhausted", "status":
-                          "RESOURCE_EXHAUSTED"}})
+    data = sse(
+        event({"text": "Hi"}),
+        {"error": {"code": 429, "message": "Resource exhausted", "status": "RESOURCE_EXHAUSTED"}},
+    )
     t, out = run_stream(data)
     assert _error_frame(out) == {
         "message": "Resource exhausted",
@@ -1174,10 +1268,16 @@ def test_embeddings_request_gemini() -> None:
     assert path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
     assert orjson.loads(body) == {
         "requests": [
-            {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "a"}]},
-             "outputDimensionality": 8},
-            {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "b"}]},
-             "outputDimensionality": 8},
+            {
+                "model": "models/gemini-embedding-001",
+                "content": {"parts": [{"text": "a"}]},
+                "outputDimensionality": 8,
+            },
+            {
+                "model": "models/gemini-embedding-001",
+                "content": {"parts": [{"text": "b"}]},
+                "outputDimensionality": 8,
+            },
         ]
     }
     for r in orjson.loads(body)["requests"]:
@@ -1209,10 +1309,24 @@ def test_embeddings_response() -> None:
     assert [d["index"] for d in out["data"]] == [0, 1]
     assert out["usage"] == {"prompt_tokens": 0, "total_tokens": 0}
 
-    v = orjson.dumps({"predictions": [
-        {"embeddings": {"values": [0.5], "statistics": {"token_count": 3, "truncated": False}}},
-        {"embeddings": {"values": [0.25], "statistics": {"token_count": 4.0, "truncated": False}}},
-    ]})
+    v = orjson.dumps(
+        {
+            "predictions": [
+                {
+                    "embeddings": {
+                        "values": [0.5],
+                        "statistics": {"token_count": 3, "truncated": False},
+                    }
+                },
+                {
+                    "embeddings": {
+                        "values": [0.25],
+                        "statistics": {"token_count": 4.0, "truncated": False},
+                    }
+                },
+            ]
+        }
+    )
     out = orjson.loads(embeddings_response(v, "e", vertex=True, encoding_format="base64"))
     assert out["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
     first = base64.b64decode(out["data"][0]["embedding"])
