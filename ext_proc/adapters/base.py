@@ -47,6 +47,19 @@ class Adapter(Protocol):
         """The handler that turns this attempt's response into OpenAI chat format."""
 
 
+class EmbeddingsAdapter(Protocol):
+    """A provider kind that also serves `POST /v1/embeddings` (canonical: OpenAI embeddings)."""
+
+    def embeddings_request(self, req: dict[str, Any], backend: BackendInfo
+                           ) -> tuple[bytes, bytes, Headers]:
+        """(path with query, body, headers) of the ONE upstream call for this request; raise
+        TranslationError when the request would need several calls (no fan-out in Envoy)."""
+
+    def embeddings_response(self, status: int, content_type: str, req: dict[str, Any],
+                            backend: BackendInfo) -> ResponseHandler:
+        """Handler turning the provider's answer into an OpenAI embeddings list (or error)."""
+
+
 class Buffered:
     """Whole-body handler: `convert` returns (new body or None to keep it, usage)."""
 
