@@ -58,6 +58,10 @@ PRIORITY_GROUP_TYPE = ("type.googleapis.com/envoy.extensions.router.cluster_spec
                        "priority_group.v3.PriorityGroupClusterSpecifier")
 
 CHAT_PATH = "/v1/chat/completions"
+MESSAGES_PATH = "/v1/messages"
+EMBEDDINGS_PATH = "/v1/embeddings"
+#: Every ingress API the route phase handles (OpenAI chat, Anthropic Messages, embeddings).
+INGRESS_PATHS_REGEX = r"^/v1/(chat/completions|messages|embeddings)$"
 MODELS_PATH = "/v1/models"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -345,7 +349,8 @@ def _routes(cfg: GatewayConfig) -> dict[str, Any]:
                 # After the route phase named the model: its own route, retry and hedge policy.
                 *(_model_route(cfg, alias, model) for alias, model in sorted(cfg.models.items())),
                 # Before the body is seen (route phase still running) the request sits here.
-                {"name": "chat_pending", "match": {"path": CHAT_PATH, "headers": [post]},
+                {"name": "pending", "match": {"safe_regex": {"regex": INGRESS_PATHS_REGEX},
+                                              "headers": [post]},
                  "direct_response": {"status": 503, "body": {"inline_string": _error_json(
                      "The gateway could not route this request", "api_error", "no_route")}},
                  "response_headers_to_add": json_headers},
@@ -403,7 +408,7 @@ def _model_route(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, Any]
         route["retry_policy"]["host_selection_retry_max_attempts"] = 5
     return {
         "name": f"chat:{alias}",
-        "match": {"path": CHAT_PATH, "headers": [
+        "match": {"safe_regex": {"regex": INGRESS_PATHS_REGEX}, "headers": [
             {"name": ":method", "string_match": {"exact": "POST"}},
             {"name": MODEL_HEADER, "string_match": {"exact": alias}}]},
         "route": route,

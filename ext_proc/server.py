@@ -24,7 +24,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 import orjson
@@ -37,11 +37,16 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2, text_format
 
 from ext_proc import metrics
-from ext_proc.adapters import ADAPTERS, ResponseHandler
+from ext_proc.adapters import ResponseHandler
+from ext_proc.ingress import INGRESS, IngressError, OpenAIChat
 from ext_proc.select import ContextTooLong, candidates
 from ext_proc.stats import BackendHealth
-from ext_proc.table import BackendInfo, RoutingClient
+from ext_proc.table import BackendInfo, Routes, RoutingClient
 from ext_proc.translate.openai import TranslationError, error_body
+
+Ingress = OpenAIChat | Any  # any object with the OpenAIChat interface (ext_proc/ingress.py)
+CHAT_PATH = "/v1/chat/completions"
+MESSAGES_PATH = "/v1/messages"
 
 log = structlog.get_logger("switchyard.request")
 syslog = structlog.get_logger("switchyard.ext_proc")
@@ -129,8 +134,10 @@ class RequestState:
         "bytes_in",
         "candidates",
         "handler",
+        "ingress",
         "logged",
         "model",
+        "raw",
         "rid",
         "sent_cache",
         "status",
@@ -144,6 +151,9 @@ class RequestState:
         self.t0 = time.monotonic()
         self.t_first: float | None = None
         self.body: dict[str, Any] = {}
+        #: The request as the client sent it (for same-schema passthrough).
+        self.raw: dict[str, Any] = {}
+        self.ingress: Ingress = INGRESS[CHAT_PATH]
         self.model = ""
         self.stream = False
         self.candidates: tuple[BackendInfo, ...] = ()
@@ -200,9 +210,20 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
 
     # -- route phase ------------------------------------------------------------------------
     def _on_request_headers(self, st: RequestState, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
+        path = ""
+        internal = []
+        for h in msg.headers.headers:
+            if h.key == ":path":
+                path = (h.raw_value or h.value.encode()).decode("latin-1").split("?", 1)[0]
+            elif h.key.startswith(_INTERNAL_PREFIX):
+                internal.append(h.key)
+        ingress = INGRESS.get(path)
+        if ingress is None:
+            return _error(404, "Unknown path or method", "invalid_request_error", "not_found")
+        st.ingress = ingress
         if msg.end_of_stream:
-            return _error(400, "Request body is required", "invalid_request_error", "missing_body")
-        internal = [h.key for h in msg.headers.headers if h.key.startswith(_INTERNAL_PREFIX)]
+            return self._reject(st, 400, "Request body is required", "invalid_request_error",
+                                "missing_body")
         if internal:
             return pb.ProcessingResponse(
                 request_headers=pb.HeadersResponse(
@@ -217,40 +238,41 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         raw = msg.body
         st.bytes_in = len(raw)
         try:
-            body = orjson.loads(raw)
+            raw_body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return _error(
-                400,
-                f"Request body is not valid JSON: {exc}",
-                "invalid_request_error",
-                "invalid_json",
-            )
-        problem = _check_chat(body)
-        if problem is not None:
-            return _error(400, problem[1], "invalid_request_error", "invalid_request", problem[0])
-        alias: str = body["model"]
+            return self._reject(st, 400, f"Request body is not valid JSON: {exc}",
+                                "invalid_request_error", "invalid_json")
+        try:
+            body, alias, stream = st.ingress.parse(raw_body)
+        except IngressError as exc:
+            return self._reject(st, exc.status, exc.message, exc.type, exc.code, exc.param)
         routes = self.routing.routes
         model = routes.models.get(alias)
         if model is None:
             metrics.REJECTED.labels(reason="model_not_found").inc()
-            return _error(
-                404,
-                f"The model `{alias}` does not exist or is not served by this gateway",
-                "invalid_request_error",
-                "model_not_found",
-                "model",
-            )
+            return self._reject(
+                st, 404, f"The model `{alias}` does not exist or is not served by this gateway",
+                "not_found_error" if st.ingress is INGRESS[MESSAGES_PATH]
+                else "invalid_request_error", "model_not_found", "model")
         st.body = body
+        st.raw = raw_body
         st.model = alias
-        st.stream = stream = body.get("stream") is True
+        st.stream = stream
         try:
-            st.candidates = cands = candidates(model, body, self.health)
+            cands = candidates(model, body, self.health)
         except ContextTooLong as exc:
             metrics.REJECTED.labels(reason="context_length_exceeded").inc()
             st.status = 400
             self._finish(st, outcome="rejected_context_length")
-            return _error(400, str(exc), "invalid_request_error", "context_length_exceeded",
-                          "messages")
+            return self._reject(st, 400, str(exc), "invalid_request_error",
+                                "context_length_exceeded", "messages")
+        if st.ingress is not INGRESS[CHAT_PATH]:
+            cands = tuple(c for c in cands if st.ingress.serves(c))
+            if not cands:
+                return self._reject(st, 400, f"The model `{alias}` has no backend that serves "
+                                    f"this API", "invalid_request_error", "unsupported_api",
+                                    "model")
+        st.candidates = cands
         self.inflight[st.rid] = st
         if model.hedge_after_ms:
             try_timeout = model.hedge_after_ms
@@ -275,6 +297,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             ),
             dynamic_metadata=self._order_metadata(cands),
         )
+
+    def _reject(self, st: RequestState, status: int, message: str, type_: str,
+                code: str | None, param: str | None = None) -> pb.ProcessingResponse:
+        """An immediate error reply in the client's own (ingress) error schema."""
+        return _immediate(status, st.ingress.error(message, type_, code, param), code or type_)
 
     def _order_metadata(self, cands: tuple[BackendInfo, ...]) -> struct_pb2.Struct:
         """Dynamic metadata for the priority_group specifier: attempt k -> candidate k.
@@ -303,12 +330,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         from_upstream = backend is not None and "x-envoy-upstream-service-time" in headers
         handler: ResponseHandler
         if not from_upstream:
-            # Envoy's own reply (no healthy upstream, timeout, overflow): make it an OpenAI error.
-            handler = _EnvoyErrorHandler(status)
+            # Envoy's own reply (no healthy upstream, timeout, overflow): the ingress's error.
+            handler = _EnvoyErrorHandler(status, st.ingress)
         else:
             assert backend is not None
-            handler = ADAPTERS[backend.provider.kind].response(
-                status, content_type, st.body, backend)
+            handler = st.ingress.response(status, content_type, st.body, backend)
         st.handler = handler
         remove = []
         if handler.rewrites:
@@ -424,7 +450,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         built = st.sent_cache.get(cluster)
         if built is None:
             try:
-                built = ADAPTERS[backend.provider.kind].request(st.body, backend)
+                built = st.ingress.request(st.body, st.raw, backend)
             except TranslationError as exc:
                 return _immediate(exc.status, exc.body(), "translation_error")
             st.sent_cache[cluster] = built
@@ -482,18 +508,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
 
 
 class _EnvoyErrorHandler:
-    """Turns Envoy's plain-text local replies into OpenAI error objects."""
+    """Turns Envoy's plain-text local replies into the ingress schema's error objects."""
 
     streaming = False
     rewrites = True
     content_type = b"application/json"
     usage = None
 
-    _CODES: ClassVar[dict[int, str]] = {
-        502: "upstream_error", 503: "upstream_unavailable", 504: "upstream_timeout"}
-
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, ingress: Ingress) -> None:
         self.status = status
+        self.ingress = ingress
         self._parts: list[bytes] = []
 
     def feed(self, chunk: bytes) -> bytes:
@@ -507,9 +531,7 @@ class _EnvoyErrorHandler:
         if body[:1] == b"{":
             return body  # already JSON (our own direct responses)
         text = body.decode("utf-8", "replace")[:300] or f"HTTP {self.status}"
-        return error_body(
-            f"Gateway error: {text}", "api_error", self._CODES.get(self.status, "gateway_error")
-        )
+        return self.ingress.local_error(self.status, text)
 
 
 def _host_backend(text: str) -> str:
@@ -535,30 +557,24 @@ def _interrupted(st: RequestState) -> str:
     return "aborted"
 
 
-def _check_chat(body: Any) -> tuple[str | None, str] | None:
-    """Cheap structural checks of an OpenAI chat request: (param, message) or None if fine."""
-    if not isinstance(body, dict):
-        return None, "Request body must be a JSON object"
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        return "model", "Missing required parameter: 'model'"
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return "messages", "'messages' must be a non-empty array"
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            return f"messages[{i}]", f"messages[{i}] must be an object with a 'role'"
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        return "stream", "'stream' must be a boolean"
-    return None
+def _warm_adapters(routes: Routes) -> None:
+    """Let adapters with credentials to mint (Vertex OAuth) start before the first request."""
+    from ext_proc.adapters import ADAPTERS
+
+    seen = set()
+    for backend in routes.clusters.values():
+        p = backend.provider
+        warm = getattr(ADAPTERS.get(p.kind), "warm", None)
+        if warm is not None and p.name not in seen:
+            seen.add(p.name)
+            warm(p)
 
 
 async def serve(
     address: str, port: int, control_plane: str, metrics_port: int, node_id: str,
     envoy_admin: str | None = None,
 ) -> None:
-    routing = RoutingClient(control_plane, node_id)
+    routing = RoutingClient(control_plane, node_id, on_update=_warm_adapters)
     watcher = asyncio.create_task(routing.run())
     health = BackendHealth()
     poller = asyncio.create_task(health.poll_envoy(envoy_admin)) if envoy_admin else None

@@ -8,6 +8,7 @@ a request keeps the backend objects it started with even if a reload removes the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -27,6 +28,7 @@ class ProviderInfo:
     api_key: str
     headers: tuple[tuple[str, str], ...]
     options: dict[str, str]
+    tls: bool = False
 
     def __repr__(self) -> str:  # never print the key
         return f"ProviderInfo(name={self.name!r}, kind={self.kind!r})"
@@ -72,6 +74,7 @@ class Routes:
                 kind=p.kind,
                 authority=p.host.encode(),
                 path_prefix=p.path_prefix,
+                tls=p.tls,
                 api_key=p.api_key,
                 headers=tuple(sorted(p.headers.items())),
                 options=dict(p.options),
@@ -108,9 +111,11 @@ EMPTY = Routes(version="", models={}, clusters={})
 class RoutingClient:
     """Watches the control plane's RoutingTable stream and keeps `routes` current."""
 
-    def __init__(self, target: str, node_id: str) -> None:
+    def __init__(self, target: str, node_id: str,
+                 on_update: Callable[[Routes], None] | None = None) -> None:
         self.target = target
         self.node_id = node_id
+        self.on_update = on_update
         self.routes: Routes = EMPTY
         self.ready = asyncio.Event()
 
@@ -123,6 +128,8 @@ class RoutingClient:
                     stream = stub.Watch(routing_pb2.WatchRequest(node_id=self.node_id))
                     async for table in stream:
                         self.routes = Routes.from_proto(table)
+                        if self.on_update is not None:
+                            self.on_update(self.routes)
                         self.ready.set()
                         backoff = 0.1
                         log.info(

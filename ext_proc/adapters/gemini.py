@@ -70,14 +70,15 @@ class GeminiAdapter:
     ) -> ResponseHandler:
         return _response(status, content_type, req, backend)
 
-    def embeddings(self, req: dict[str, Any], backend: BackendInfo) -> tuple[bytes, bytes, Headers]:
+    def embeddings_request(self, req: dict[str, Any], backend: BackendInfo
+                           ) -> tuple[bytes, bytes, Headers]:
         """(path, body, headers) for an OpenAI `/v1/embeddings` request."""
         p = backend.provider
         path, body = gemini.embeddings_request(req, backend.model, vertex=False)
         return (p.path_prefix + path).encode(), body, self._headers(p)
 
     def embeddings_response(
-        self, status: int, req: dict[str, Any], backend: BackendInfo
+        self, status: int, content_type: str, req: dict[str, Any], backend: BackendInfo
     ) -> ResponseHandler:
         return _embeddings_handler(status, req, backend, vertex=False)
 
@@ -121,7 +122,8 @@ class VertexAdapter:
             token_source_for(backend.provider.options.get("credentials_file")).refresh_soon()
         return _response(status, content_type, req, backend)
 
-    def embeddings(self, req: dict[str, Any], backend: BackendInfo) -> tuple[bytes, bytes, Headers]:
+    def embeddings_request(self, req: dict[str, Any], backend: BackendInfo
+                           ) -> tuple[bytes, bytes, Headers]:
         """(path, body, headers) for an OpenAI `/v1/embeddings` request."""
         p = backend.provider
         headers = self._headers(p)
@@ -132,6 +134,6 @@ class VertexAdapter:
         return (p.path_prefix + path).encode(), body, headers
 
     def embeddings_response(
-        self, status: int, req: dict[str, Any], backend: BackendInfo
+        self, status: int, content_type: str, req: dict[str, Any], backend: BackendInfo
     ) -> ResponseHandler:
         return _embeddings_handler(status, req, backend, vertex=True)

@@ -576,8 +576,8 @@ class StreamUsageReader:
     def finish(self) -> bytes:
         """End of upstream body: flush a last frame missing its blank line, or fail cleanly."""
         rest = self._parser.take_pending()
-        if self.done:
-            return rest + b"\n\n" if rest.strip() else b""
+        if self.done:  # trailing bytes after the end: pass them on, terminated if need be
+            return rest + b"\n\n" if rest.strip() else rest
         ev = parse_frame(rest) if rest.strip() else None
         if ev is not None:
             self._inspect(ev)

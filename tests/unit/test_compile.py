@@ -13,7 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 
 from control_plane.compile import (
-    CHAT_PATH,
+    INGRESS_PATHS_REGEX,
     CLUSTER_TYPE,
     EXT_PROC_CLUSTER,
     LISTENER_TYPE,
@@ -78,7 +78,7 @@ def test_models_route_is_a_direct_response() -> None:
     assert [(m["id"], m["owned_by"]) for m in body["data"]] == [
         ("fast", "openai"), ("smart", "anthropic")]
     fast = by_name["chat:fast"]
-    assert fast.match.path == CHAT_PATH
+    assert fast.match.safe_regex.regex == INGRESS_PATHS_REGEX
     assert fast.match.headers[1].name == "x-switchyard-model"
     assert fast.match.headers[1].string_match.exact == "fast"
 

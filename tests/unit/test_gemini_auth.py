@@ -324,14 +324,14 @@ async def test_vertex_embeddings_through_adapter(
     adapter.warm(backend.provider)
     await wait_for(token_source_for(str(sa_file)).get)
     req = {"model": "emb", "input": ["one two", "three"], "dimensions": 16}
-    path, body, headers = adapter.embeddings(req, backend)
+    path, body, headers = adapter.embeddings_request(req, backend)
     assert path.endswith(b"/publishers/google/models/gemini-2.5-flash:predict")
     async with httpx.AsyncClient(base_url=vertex_sim.base_url) as http:
         resp = await http.post(
             path.decode(), content=body, headers=dict((k, v.decode()) for k, v in headers)
         )
     assert resp.status_code == 200, resp.text
-    handler = adapter.embeddings_response(200, req, backend)
+    handler = adapter.embeddings_response(200, "application/json", req, backend)
     handler.feed(resp.content)
     out = orjson.loads(handler.finish() or b"")
     assert [len(d["embedding"]) for d in out["data"]] == [16, 16]

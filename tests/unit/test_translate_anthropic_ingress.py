@@ -1210,11 +1210,16 @@ def test_usage_reader_passes_bytes_through() -> None:
 
 
 @settings(max_examples=200)
-@given(st.lists(st.integers(min_value=0, max_value=len(ANTHROPIC_STREAM)), max_size=30))
-def test_usage_reader_any_split(cuts: list[int]) -> None:
-    out, reader = read(ANTHROPIC_STREAM, cuts)
-    assert out == ANTHROPIC_STREAM
+@given(
+    st.lists(st.integers(min_value=0, max_value=len(ANTHROPIC_STREAM)), max_size=30),
+    st.booleans(),
+)
+def test_usage_reader_any_split(cuts: list[int], crlf: bool) -> None:
+    stream = ANTHROPIC_STREAM.replace(b"\n", b"\r\n") if crlf else ANTHROPIC_STREAM
+    out, reader = read(stream, [c % (len(stream) + 1) for c in cuts])
+    assert out == stream  # byte for byte, whatever the chunking
     assert reader.usage == (50, 7)
+    assert reader.done and reader.error is None
 
 
 def test_usage_reader_early_end_gets_a_clean_error() -> None:
