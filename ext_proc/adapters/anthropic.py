@@ -29,11 +29,14 @@ class AnthropicAdapter:
     def response(self, status: int, content_type: str, req: dict[str, Any],
                  backend: BackendInfo) -> ResponseHandler:
         if status < 300 and is_sse(content_type):
-            return Stream(anthropic.StreamToOpenAI(backend.model, openai.client_wants_usage(req)))
+            return Stream(anthropic.StreamToOpenAI(backend.model, openai.client_wants_usage(req),
+                                                   json_tool=anthropic.json_tool_name(req)))
         if status < 300:
             def convert(body: bytes) -> tuple[bytes | None, Usage]:
                 data = orjson.loads(body)
-                return anthropic.response_to_openai(data, backend.model), anthropic.usage_of(data)
+                out = anthropic.response_to_openai(
+                    data, backend.model, json_tool=anthropic.json_tool_name(req))
+                return out, anthropic.usage_of(data)
 
             return Buffered(convert, rewrites=True)
         return Buffered(lambda body: (anthropic.error_to_openai(status, body), None),
