@@ -14,7 +14,15 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 #: Provider kinds the gateway can translate to. Each has one module in ext_proc/translate.
 ProviderKind = Literal["openai", "anthropic", "azure_openai", "bedrock", "gemini", "vertex",
@@ -175,6 +183,13 @@ class Failover(_Strict):
     """When and how a request moves to the next backend (Envoy's own retries)."""
 
     retry_on: list[RetryOn] = Field(default_factory=lambda: list(RetryOn.__args__))  # type: ignore[attr-defined]
+
+    @field_validator("retry_on", mode="before")
+    @classmethod
+    def _codes_as_text(cls, value: Any) -> Any:
+        """YAML reads a bare 429 as a number."""
+        return [str(v) if isinstance(v, int) else v for v in value] if isinstance(
+            value, list) else value
     #: Further attempts after the first; default: one per remaining backend.
     max_retries: int | None = Field(default=None, ge=0, le=10)
     #: Non-streaming: an attempt with no response within this moves on.

@@ -93,3 +93,18 @@ def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_config(tmp_path / "missing.yaml")
     assert "cannot read config" in str(exc.value)
+
+
+@pytest.mark.parametrize("path", sorted((default_config_path().parent / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_example_configs_validate_and_compile(path: Path) -> None:
+    from control_plane.compile import compile_config
+
+    snapshot = compile_config(load_config(path))
+    assert snapshot.routing.models
+
+
+def test_retry_on_accepts_bare_status_code() -> None:
+    cfg = parse_config(GOOD.replace("  m1:\n    backends:\n",
+                                    "  m1:\n    failover: {retry_on: [5xx, 429]}\n    backends:\n"))
+    assert cfg.models["m1"].failover.retry_on == ["5xx", "429"]
