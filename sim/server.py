@@ -8,10 +8,11 @@ from typing import Any, Final
 from aiohttp import web
 
 from sim.anthropic import AnthropicProvider
+from sim.azure import AzureOpenAIProvider
 from sim.bedrock import BedrockProvider
 from sim.common import INVALID_JSON, Provider, SimOptions, SimState, json_response, parse_body
 from sim.gemini import GeminiProvider, VertexProvider
-from sim.openai import OpenAIProvider
+from sim.openai import OpenAIProvider, TGIProvider, VLLMProvider
 
 __all__ = ["PROVIDERS", "STATE_KEY", "SimOptions", "SimRunner", "create_app", "start_sim"]
 
@@ -21,6 +22,9 @@ PROVIDERS: Final[dict[str, type[Provider]]] = {
     BedrockProvider.kind: BedrockProvider,
     GeminiProvider.kind: GeminiProvider,
     VertexProvider.kind: VertexProvider,
+    AzureOpenAIProvider.kind: AzureOpenAIProvider,
+    VLLMProvider.kind: VLLMProvider,
+    TGIProvider.kind: TGIProvider,
 }
 STATE_KEY: Final = web.AppKey("sim_state", SimState)
 # Loopback only: the simulator must never be reachable from outside the machine.

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from ext_proc.adapters.base import Buffered, Headers, ResponseHandler, Stream, Usage
-from ext_proc.table import BackendInfo
+from ext_proc.table import BackendInfo, ProviderInfo
 from ext_proc.translate import bedrock, openai
 
 _JSON = b"application/json"
@@ -61,3 +61,75 @@ class BedrockAdapter:
         # decides the error type (bedrock-runtime maps each type to its own status).
         return Buffered(lambda body: (bedrock.error_to_openai(status, body, None), None),
                         rewrites=True)
+
+    # Embeddings: InvokeModel with a Titan or Cohere body. Envoy makes one upstream call per
+    # attempt, so a request needing several InvokeModel calls is refused, not fanned out.
+
+    def embeddings_request(self, req: dict[str, Any], backend: BackendInfo
+                           ) -> tuple[bytes, bytes, Headers]:
+        encoding = req.get("encoding_format")
+        if encoding is not None and encoding not in _ENCODINGS:
+            raise openai.TranslationError(
+                f"Invalid value: {encoding!r}. Supported values are: 'float' and 'base64'.",
+                param="encoding_format", code="invalid_value")
+        calls = bedrock.embeddings_request(req, backend.model)
+        if len(calls) != 1:
+            limit = _inputs_per_call(calls[0][1])
+            raise openai.TranslationError(
+                f"model {backend.model!r} embeds at most {limit} input(s) per request on this "
+                f"backend; got {len(calls)} calls' worth: split `input` into batches of at "
+                f"most {limit}", param="input", code="too_many_inputs")
+        call_path, body = calls[0]
+        p = backend.provider
+        path = p.path_prefix + call_path
+        return path.encode(), body, [("content-type", _JSON), ("accept", _JSON),
+                                     *_sigv4(p, path, body)]
+
+    def embeddings_response(self, status: int, content_type: str, req: dict[str, Any],
+                            backend: BackendInfo) -> ResponseHandler:
+        if status >= 300:
+            return Buffered(lambda body: (bedrock.error_to_openai(status, body, None), None),
+                            rewrites=True)
+        encoding = req.get("encoding_format") or "float"
+
+        def convert(body: bytes) -> tuple[bytes | None, Usage]:
+            # Titan counts tokens in the body; Cohere only in a header we are not given.
+            data = orjson.loads(body)
+            count = data.get("inputTextTokenCount") if isinstance(data, dict) else None
+            tokens = count if isinstance(count, int) and not isinstance(count, bool) else None
+            out = bedrock.embeddings_response([body], backend.model, encoding, tokens)
+            return out, (tokens, 0) if tokens is not None else None
+
+        return Buffered(convert, rewrites=True)
+
+
+_ENCODINGS = ("float", "base64")
+
+
+def _inputs_per_call(body: bytes) -> int:
+    """How many inputs one InvokeModel body carries (Titan: 1, Cohere: its batch size)."""
+    data = orjson.loads(body)
+    texts = data.get("texts") if isinstance(data, dict) else None
+    return len(texts) if isinstance(texts, list) else 1
+
+
+def _sigv4(p: ProviderInfo, path: str, body: bytes) -> Headers:
+    """SigV4 headers for a POST of `body` to `path` at the provider's exact :authority."""
+    opts = p.options
+    region = opts.get("region")
+    access_key = opts.get("aws_access_key_id")
+    secret_key = opts.get("aws_secret_access_key")
+    if not region:
+        raise openai.TranslationError(
+            f"provider {p.name!r} has no AWS region configured", status=500,
+            code="missing_region")
+    if not access_key or not secret_key:
+        raise openai.TranslationError(
+            f"provider {p.name!r} has no AWS credentials configured "
+            "(aws_access_key_id and aws_secret_access_key)",
+            status=500, code="missing_credentials")
+    authority = p.authority.decode()
+    scheme = "https" if getattr(p, "tls", True) else "http"
+    signed = bedrock.sign("POST", f"{scheme}://{authority}{path}", {"host": authority}, body,
+                          region, access_key, secret_key, opts.get("aws_session_token"))
+    return [(k.lower(), v.encode()) for k, v in signed.items()]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ext_proc.adapters.base import (
     Buffered,
     Headers,
@@ -48,3 +50,26 @@ class OpenAIAdapter:
         if status < 300:
             return Buffered(json_usage(openai.usage_of), rewrites=False)
         return Buffered(keep, rewrites=False)
+
+    # Embeddings: same schema too; only the model name changes and only usage is read.
+    embeddings_path = "/v1/embeddings"
+
+    def embeddings_request(self, req: dict[str, Any], backend: BackendInfo
+                           ) -> tuple[bytes, bytes, Headers]:
+        p = backend.provider
+        headers: Headers = [("content-type", b"application/json")]
+        if p.api_key:
+            headers.append(("authorization", b"Bearer " + p.api_key.encode()))
+        path = (p.path_prefix + self.embeddings_path).encode()
+        return path, embeddings_body(req, backend.model), headers
+
+    def embeddings_response(self, status: int, content_type: str, req: dict[str, Any],
+                            backend: BackendInfo) -> ResponseHandler:
+        if status < 300:
+            return Buffered(json_usage(openai.usage_of), rewrites=False)
+        return Buffered(keep, rewrites=False)
+
+
+def embeddings_body(req: dict[str, Any], upstream_model: str) -> bytes:
+    """The client's embeddings request with the upstream model name (nothing else changes)."""
+    return orjson.dumps({**req, "model": upstream_model})
