@@ -8,6 +8,7 @@ Adding a provider kind = one translator module + one adapter module + one line h
 from __future__ import annotations
 
 from ext_proc.adapters.anthropic import AnthropicAdapter
+from ext_proc.adapters.azure import AzureOpenAIAdapter
 from ext_proc.adapters.base import Adapter, ResponseHandler
 from ext_proc.adapters.bedrock import BedrockAdapter
 from ext_proc.adapters.gemini import GeminiAdapter, VertexAdapter
@@ -19,6 +20,9 @@ ADAPTERS: dict[str, Adapter] = {
     "bedrock": BedrockAdapter(),
     "gemini": GeminiAdapter(),
     "vertex": VertexAdapter(),
+    "azure_openai": AzureOpenAIAdapter(),
+    "vllm": OpenAIAdapter(),
+    "tgi": OpenAIAdapter(),
 }
 
 __all__ = ["ADAPTERS", "Adapter", "ResponseHandler"]

@@ -75,10 +75,11 @@ class BedrockAdapter:
         calls = bedrock.embeddings_request(req, backend.model)
         if len(calls) != 1:
             limit = _inputs_per_call(calls[0][1])
+            given = len(req["input"]) if isinstance(req.get("input"), list) else 1
             raise openai.TranslationError(
-                f"model {backend.model!r} embeds at most {limit} input(s) per request on this "
-                f"backend; got {len(calls)} calls' worth: split `input` into batches of at "
-                f"most {limit}", param="input", code="too_many_inputs")
+                f"'input' has {given} items, but this backend ({backend.model}) embeds at most "
+                f"{limit} per request: send batches of at most {limit}",
+                param="input", code="too_many_inputs")
         call_path, body = calls[0]
         p = backend.provider
         path = p.path_prefix + call_path
