@@ -13,9 +13,9 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from google.protobuf import json_format
 
 from control_plane.compile import (
-    INGRESS_PATHS_REGEX,
     CLUSTER_TYPE,
     EXT_PROC_CLUSTER,
+    INGRESS_PATHS_REGEX,
     LISTENER_TYPE,
     ROUTE_TYPE,
     compile_config,
