@@ -27,6 +27,9 @@ from bench.wrk import LUA_SCRIPT, request_body, wrk_binary
 from control_plane.config import GatewayConfig
 
 _SKIP = re.compile(r"^(_run_module_as_main|_run_code|<module>|main|run|Runner\.run) ")
+_LINE = re.compile(r":\d+\)$")
+#: Frames of the gateway's own request-path code (vs grpc, asyncio, logging libraries).
+_OWN = ("ext_proc/", "control_plane/")
 
 
 def summarize(raw: Path, top: int) -> str:
@@ -34,7 +37,7 @@ def summarize(raw: Path, top: int) -> str:
     self_time: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = own_code = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -47,10 +50,13 @@ def summarize(raw: Path, top: int) -> str:
             frames = frames[1:]
         if not frames:
             continue
+        frames = [_LINE.sub(")", f) for f in frames]  # per function, not per line
         self_time[frames[-1]] += n
         for f in set(frames):
             if not _SKIP.match(f):
                 inclusive[f] += n
+        if any(own in f and not _SKIP.match(f) for f in frames for own in _OWN):
+            own_code += n
     if total == 0:
         return "no samples (was the process idle, or py-spy not permitted to attach?)\n"
 
@@ -59,9 +65,14 @@ def summarize(raw: Path, top: int) -> str:
         rows += [f"| {100 * n / total:.1f} | `{f}` |" for f, n in counts.most_common(top)]
         return [*rows, ""]
 
-    out = [f"{total} samples (idle samples excluded unless --native). Without --native, time in "
+    out = [f"{total} samples (idle ones excluded; with --native, threads waiting in epoll still "
+           "count). Without --native, time in "
            "C code (grpc core, uvloop, protobuf) shows as self time of the Python frame that "
-           "called it: `Runner.run` is the event loop, `Thread.run` grpc's poller thread.", ""]
+           "called it: `Runner.run` is the event loop, `Thread.run` grpc's poller thread.", "",
+           f"Samples with gateway code (ext_proc/, control_plane/) on the stack: "
+           f"**{100 * own_code / total:.1f}%** (including grpc's own work when awaited from "
+           "there, e.g. `async for` over the request stream); the rest is grpc/asyncio "
+           "machinery.", ""]
     out += table("Threads", threads)
     out += table("Self time (leaf frame)", self_time)
     out += table("Inclusive time", inclusive)

@@ -103,6 +103,9 @@ class Provider(_Strict):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     #: Extra static headers sent to this provider on every attempt.
     headers: dict[str, str] = Field(default_factory=dict)
+    #: OpenAI parameters this provider cannot honour: drop them (named in the
+    #: `x-switchyard-dropped-params` response header) or reject the request with a 400.
+    unsupported_params: Literal["drop", "reject"] = "drop"
     max_concurrent_requests: int = Field(default=4096, ge=1)
     health: Health = Health()
     simulate: Simulate | None = None
@@ -118,7 +121,7 @@ class Provider(_Strict):
 
     def options(self) -> dict[str, str]:
         """Per-kind settings for ext_proc (resolved secrets included: never log this)."""
-        out: dict[str, str] = {}
+        out: dict[str, str] = {"unsupported_params": self.unsupported_params}
         for name in ("api_version", "region", "project", "location", "credentials_file"):
             value = getattr(self, name)
             if value is not None:

@@ -36,7 +36,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2, text_format
 
-from ext_proc import metrics
+from ext_proc import metrics, params
 from ext_proc.adapters import ResponseHandler
 from ext_proc.ingress import INGRESS, IngressError, OpenAIChat
 from ext_proc.select import ContextTooLong, candidates
@@ -133,6 +133,7 @@ class RequestState:
         "body",
         "bytes_in",
         "candidates",
+        "dropped",
         "handler",
         "ingress",
         "logged",
@@ -164,6 +165,7 @@ class RequestState:
         self.handler: ResponseHandler | None = None
         self.bytes_in = 0
         self.logged = False
+        self.dropped: set[str] = set()
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
@@ -324,6 +326,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         backend = st.backend
         content_type = headers.get("content-type", "")
         set_headers = []
+        if st.dropped:
+            set_headers.append(_hv("x-switchyard-dropped-params",
+                                   ",".join(sorted(st.dropped)).encode()))
         if backend is not None:
             set_headers.append(_hv("x-switchyard-backend", backend.label.encode()))
             set_headers.append(_hv("x-switchyard-attempts", str(st.attempts).encode()))
@@ -449,10 +454,21 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             metrics.FAILOVERS.labels(st.model, backend.label).inc()
         built = st.sent_cache.get(cluster)
         if built is None:
+            canonical = st.body
+            bad = params.unsupported(backend.provider.kind, canonical)
+            if bad:
+                if backend.provider.options.get("unsupported_params") == "reject":
+                    return self._reject(
+                        st, 400, f"{backend.provider.kind} backends do not support "
+                        f"{', '.join(bad)}", "invalid_request_error", "unsupported_parameter",
+                        bad[0])
+                canonical = params.without(canonical, bad)
+                st.dropped.update(bad)
             try:
-                built = st.ingress.request(st.body, st.raw, backend)
+                built = st.ingress.request(canonical, st.raw, backend)
             except TranslationError as exc:
-                return _immediate(exc.status, exc.body(), "translation_error")
+                return self._reject(st, exc.status, exc.message, "invalid_request_error",
+                                    exc.code, exc.param)
             st.sent_cache[cluster] = built
         path, body, headers = built
         set_headers = [

@@ -40,7 +40,7 @@ def _provider_block(kind: str, port: int, creds: Path) -> str:
         "anthropic": ', api_key: {value: "sk-ant"}',
         "azure_openai": ', api_key: {value: "az-key"}, api_version: "2024-10-21"',
         "bedrock": (', region: us-east-1, aws_access_key_id: {value: AKIDTEST}, '
-                    'aws_secret_access_key: {value: "secret"}'),
+                    'aws_secret_access_key: {value: "secret"}, unsupported_params: reject'),
         "gemini": ', api_key: {value: "g-key"}',
         "vertex": f', project: sim-project, location: us-central1, credentials_file: "{creds}"',
         "vllm": "",
@@ -245,6 +245,22 @@ def test_anthropic_sdk_tools_and_image(pg: ProvidersGateway, kind: str) -> None:
     assert uses and uses[0].name == "lookup" and isinstance(uses[0].input, dict)
     assert msg.stop_reason == "tool_use"
     _assert_wire(pg, kind, stream=False)
+
+
+def test_unsupported_params_dropped_or_rejected(pg: ProvidersGateway) -> None:
+    raw = pg.openai.chat.completions.with_raw_response.create(
+        model="m-anthropic", messages=MESSAGES, seed=7, logit_bias={"50256": -100},  # type: ignore[arg-type]
+        n=1, presence_penalty=0)
+    assert raw.parse().choices[0].message.content
+    assert raw.headers["x-switchyard-dropped-params"] == "logit_bias,seed"
+    body = pg.last("anthropic")["body"]
+    assert "seed" not in body and "logit_bias" not in body
+    plain = pg.openai.chat.completions.with_raw_response.create(
+        model="m-anthropic", messages=MESSAGES, seed=None)  # type: ignore[arg-type]
+    assert "x-switchyard-dropped-params" not in plain.headers
+    with pytest.raises(openai.BadRequestError) as exc:  # p-bedrock: unsupported_params: reject
+        pg.openai.chat.completions.create(model="m-bedrock", messages=MESSAGES, seed=7)  # type: ignore[arg-type]
+    assert exc.value.param == "seed" and "seed" in exc.value.message
 
 
 def test_anthropic_ingress_errors(pg: ProvidersGateway) -> None:
