@@ -298,7 +298,7 @@ def test_reset_after_first_byte_is_an_error_not_a_clean_end(fo: FailoverGateway)
                                                    stream=True, max_tokens=20):
             pass
     log = Path(fo.gateway.log_dir or ".") / "ext_proc.log"
-    wait_until(lambda: '"outcome": "interrupted_mid_stream"' in log.read_text(), timeout=3)
+    wait_until(lambda: '"outcome":"interrupted_mid_stream"' in log.read_text(), timeout=3)
 
 
 def test_context_window_overflow_skips_to_larger_model(fo: FailoverGateway) -> None:
