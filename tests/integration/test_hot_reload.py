@@ -149,3 +149,29 @@ def _model_block(model: str) -> str:
     lines = BASE_MODELS.splitlines(keepends=True)
     start = next(i for i, ln in enumerate(lines) if ln.strip() == f"{model}:")
     return "".join(lines[start:start + 3])
+
+
+def test_envoy_nack_is_logged_and_last_accepted_config_keeps_serving(
+        reload_gw: RunningGateway, client: openai.OpenAI) -> None:
+    """A config our validator accepts but Envoy rejects (the new listener port is taken):
+    Envoy NACKs, the control plane logs Envoy's error, and the old listener keeps serving."""
+    import socket
+
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    try:
+        ports = dict(reload_gw.ports, listen=taken)
+        text = render_config(ports, models=BASE_MODELS + NEW_MODEL)
+        tmp = reload_gw.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(reload_gw.config_path)
+        log = Path(reload_gw.log_dir / "control_plane.log")
+        line = wait_until(lambda: next((ln for ln in log.read_text().splitlines()
+                                        if "NACK" in ln and "Listener" in ln), None), timeout=5)
+        assert "address already in use" in line.lower() or "bind" in line.lower()
+        # The listener Envoy accepted last still answers on the old port.
+        assert _routable(client, "gpt-sim")
+    finally:
+        blocker.close()
