@@ -43,6 +43,9 @@ from bench.wrk import WrkResult, request_body, run_wrk, wrk_version
 from control_plane.config import GatewayConfig
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+#: bench/failover.py's section of RESULTS.md; `--write` here keeps it.
+FAILOVER_BEGIN = "<!-- bench.failover: begin -->"
+FAILOVER_END = "<!-- bench.failover: end -->"
 TARGETS = ("sim", "envoy", "minimal", "gateway")
 DEFAULT_TARGETS = ("sim", "envoy", "gateway")
 #: Startup + pre-check allowance per target when computing the whole run's deadline.
@@ -455,6 +458,13 @@ def run(args: argparse.Namespace, log_dir: Path) -> tuple[list[TargetResult], in
     return results, len(body)
 
 
+def _kept_sections(path: Path) -> str:
+    """Sections other benchmarks wrote into `path` (bench/failover.py's), to keep on rewrite."""
+    text = path.read_text() if path.exists() else ""
+    start, end = text.find(FAILOVER_BEGIN), text.find(FAILOVER_END)
+    return "\n" + text[start:end + len(FAILOVER_END)] + "\n" if 0 <= start < end else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -481,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     report = render(args, argv, started, facts, results, body_len, time.monotonic() - t0)
     print(report)
     if args.write:
-        RESULTS.write_text(report)
+        RESULTS.write_text(report + _kept_sections(RESULTS))
         print(f"bench: wrote {RESULTS}", file=sys.stderr)
     return 0
 

@@ -41,7 +41,7 @@ def create_app(
         raise ValueError(f"unknown provider kind {kind!r}; known: {sorted(PROVIDERS)}") from None
     state = SimState(kind, name, options, require_key)
     provider = provider_cls(state)
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # providers take large prompts
     app[STATE_KEY] = state
     _add_control_routes(app, state)
     for method, path, handler in provider.routes():

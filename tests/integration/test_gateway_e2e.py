@@ -183,3 +183,18 @@ def test_request_log_line_and_no_keys_in_logs(gateway: RunningGateway,
     metrics = httpx.get(f"http://127.0.0.1:{gateway.ports['metrics']}/metrics").text
     assert "switchyard_requests_total" in metrics
     assert OPENAI_KEY not in metrics and ANTHROPIC_KEY not in metrics
+
+
+@pytest.mark.parametrize("model", ["gpt-sim", "claude-sim"])
+def test_large_body_under_limit_is_translated(gateway: RunningGateway, client: openai.OpenAI,
+                                              model: str) -> None:
+    """Multi-megabyte bodies cross both ext_proc phases (message timeouts and gRPC sizes)."""
+    # ~3 MB; gpt-sim has a 128k-token context window, so ~400 KB there.
+    text = "lorem ipsum " * (250_000 if model == "claude-sim" else 35_000)
+    resp = client.chat.completions.create(model=model, max_tokens=5,
+                                          messages=[{"role": "user", "content": text}])
+    assert resp.choices[0].message.content
+    provider = "openai" if model == "gpt-sim" else "anthropic"
+    wire = gateway.sim_requests(provider)[-1]
+    sent = wire["body"]["messages"][-1]["content"]
+    assert (sent if isinstance(sent, str) else sent[0]["text"]) == text
