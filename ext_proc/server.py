@@ -248,6 +248,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             body, alias, stream = st.ingress.parse(raw_body)
         except IngressError as exc:
             return self._reject(st, exc.status, exc.message, exc.type, exc.code, exc.param)
+        if not self.routing.ready.is_set():
+            return self._reject(st, 503, "The gateway has no routing table yet; retry shortly",
+                                "api_error", "not_ready")
         routes = self.routing.routes
         model = routes.models.get(alias)
         if model is None:
