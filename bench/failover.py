@@ -10,15 +10,15 @@ The failing providers have `health: {consecutive_failures: 1000000}`, so Envoy n
 them. Two measurements:
 
 (a) **cost of one failover**, concurrency 1 (httpx, keep-alive): `--requests` requests per
-    model, interleaved. Every `refused` request fails over (Envoy's connect-failure counter
-    must grow by one per request). For `err500` only requests with `x-switchyard-attempts: 2`
-    count; the route phase demotes a backend after 3 consecutive 5xx it saw
+    model, interleaved. Every `refused` request fails over (Envoy's count of requests failed
+    by a connection failure must grow by one per request). For `err500` only requests with
+    `x-switchyard-attempts: 2` count; the route phase demotes a backend after 3 consecutive 5xx
     (ext_proc/stats.py FAST_DEMOTE_AFTER), so after every 2 measured requests sim-c answers
     one unmeasured request (its fault is switched off for it), which restarts that count.
     A last `err500` pass without that reset shows what the demotion does.
 (b) **under load**: wrk, `--connections` connections, `--runs` x `--duration` s per model
-    after a warm-up, same ~1 KB body as bench/run.py; reports the share of requests that
-    still paid a failover (from Envoy's per-backend counters).
+    (rounds interleaved across models) after a warm-up, same ~1 KB body as bench/run.py;
+    reports the share of requests that still paid a failover (Envoy's per-backend counters).
 
 Every client response must be a 200 from the expected backend, or the benchmark fails.
 `--write` puts the report into bench/RESULTS.md between markers, keeping the rest.
@@ -69,8 +69,9 @@ MODELS = ("baseline", "refused", "err500")
 #: model -> (provider of the first backend, the provider that must answer).
 EXPECTED = {"baseline": ("sim-a", "sim-a"), "refused": ("dead", "sim-b"),
             "err500": ("sim-c", "sim-b")}
-#: Envoy counter that grows by one per failed first try, per failing model.
-FAIL_COUNTER = {"refused": f"cluster.dead.{MODEL}.upstream_cx_connect_fail",
+#: Envoy counter that grows by one per request whose first try failed (a refused connect
+#: fails every request waiting for it; a 500 that Envoy retried), per failing model.
+FAIL_COUNTER = {"refused": f"cluster.dead.{MODEL}.upstream_rq_pending_failure_eject",
                 "err500": f"cluster.sim-c.{MODEL}.retry.upstream_rq_5xx"}
 #: Measured err500 requests between two resets of the route phase's consecutive-5xx count
 #: (it demotes a backend at 3; ext_proc/stats.py FAST_DEMOTE_AFTER).
@@ -287,23 +288,26 @@ def _load_run(bench: Bench, model: str, body_file: Path, args: argparse.Namespac
     return LoadRun(run, failovers)
 
 
-def measure_load(bench: Bench, model: str, body_file: Path, args: argparse.Namespace
-                 ) -> LoadResult:
-    """(b): a warm-up, then `--runs` wrk runs, each redone while the machine was busy."""
-    out = LoadResult(model)
+def measure_load(bench: Bench, body_files: dict[str, Path], args: argparse.Namespace
+                 ) -> list[LoadResult]:
+    """(b): a warm-up per model, then `--runs` rounds of one wrk run per model (interleaved,
+    so drift hits every model alike), each run redone while the machine was busy."""
+    out = {model: LoadResult(model) for model in MODELS}
     if args.warmup > 0:
-        _load_run(bench, model, body_file, args, args.warmup, "warm-up")
+        for model in MODELS:
+            _load_run(bench, model, body_files[model], args, args.warmup, "warm-up")
     for i in range(args.runs):
-        for attempt in range(args.noisy_retries + 1):
-            _wait_quiet(args.noise_threshold, args.quiet_wait)
-            label = f"run {i + 1}/{args.runs}" + (" retry" if attempt else "")
-            lr = _load_run(bench, model, body_file, args, args.duration, label)
-            if lr.run.other_cpu / lr.run.wrk.duration_s <= args.noise_threshold:
-                break
-        else:
-            out.noisy += 1
-        out.runs.append(lr)
-    return out
+        for model in MODELS:
+            for attempt in range(args.noisy_retries + 1):
+                _wait_quiet(args.noise_threshold, args.quiet_wait)
+                label = f"run {i + 1}/{args.runs}" + (" retry" if attempt else "")
+                lr = _load_run(bench, model, body_files[model], args, args.duration, label)
+                if lr.run.other_cpu / lr.run.wrk.duration_s <= args.noise_threshold:
+                    break
+            else:
+                out[model].noisy += 1
+            out[model].runs.append(lr)
+    return list(out.values())
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -323,6 +327,19 @@ def _pcts(samples: list[Sample]) -> tuple[float, float, float]:
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def code_version() -> str:
+    """The commit measured, and which top-level folders had uncommitted changes."""
+    def git(*a: str) -> str:
+        out = subprocess.run(["git", *a], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout if out.returncode == 0 else ""
+
+    sha = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    dirty = sorted({ln[3:].split("/", 1)[0] for ln in git("status", "--porcelain").splitlines()
+                    if ln[3:] and not ln[3:].startswith("bench/")})
+    return sha + (f" + uncommitted changes in {', '.join(dirty)}" if dirty else "")
 
 
 def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
@@ -379,7 +396,8 @@ def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
         "window, so almost no request pays the failover.",
         "",
         f"### (b) Under load: wrk `-t{args.threads} -c{args.connections}`, "
-        f"{args.duration:g} s per run, median of {args.runs} after a {args.warmup:g} s warm-up",
+        f"{args.duration:g} s per run, median of {args.runs} (rounds interleaved across models) "
+        f"after a {args.warmup:g} s warm-up per model",
         "",
         "| Model | req/s | p50 ms | p99 ms | Δp50 ms | Δp99 ms | failed first tries (share) | "
         "CPU µs/request | errors |",
@@ -423,13 +441,15 @@ def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
         "0-5 ms for the first retry); the translate phase is never called for the refused try "
         "(Envoy runs upstream filters only once it has a connection), so "
         "`x-switchyard-attempts` says 1 here, and the check that every request failed over is "
-        "Envoy's connect-failure counter. **err500**: the failed try is a full round trip - "
-        "translate phase, sim-c's 500, the route phase recording it - then the back-off and "
-        "the retry to sim-b with its own translate phase. p99 over a few hundred requests is "
+        "Envoy's `upstream_rq_pending_failure_eject` counter of the dead backend. **err500**: "
+        "the failed try is a full round trip - translate phase, sim-c's 500 (which the "
+        "translate phase records) - then the back-off and the retry to sim-b with its own "
+        "translate phase. p99 over a few hundred requests is "
         "roughly the 3rd-slowest: read it as a rough tail.",
         "",
         "(b) is what steady load sees. \"Failed first tries\" is Envoy's counter for the "
-        "failing backend (connect failures, retried 500s) over the measured runs, as a share "
+        "failing backend over the measured runs (requests failed by a connection failure; "
+        "500s it retried), as a share "
         "of the requests wrk completed (requests still in flight when a run ends count in the "
         "first, not the second, so it can read a little over 100%). **err500**: after 3 "
         "consecutive 500s the route phase orders sim-c last for 2 s (ext_proc/stats.py), so "
@@ -532,11 +552,10 @@ def run(args: argparse.Namespace, log_dir: Path) -> tuple[ClientResult, list[Loa
             att = dict(sorted(Counter(s.attempts for s in samples).items()))
             print(f"  {model:8} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  attempts {att}",
                   file=sys.stderr, flush=True)
-        load = []
-        for model in MODELS:
-            body_file = log_dir / f"{model}.json"
-            body_file.write_bytes(bench.bodies[model])
-            load.append(measure_load(bench, model, body_file, args))
+        body_files = {model: log_dir / f"{model}.json" for model in MODELS}
+        for model, path in body_files.items():
+            path.write_bytes(bench.bodies[model])
+        load = measure_load(bench, body_files, args)
         bench.check_alive()
     note, ok = check_gateway_log(log_dir / "gateway" / "ext_proc.log")
     if not ok:
@@ -549,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = dt.datetime.now(dt.UTC)
     t0 = time.monotonic()
-    facts = machine_facts()
+    facts = {"commit": code_version(), **machine_facts()}
     machine_busy_seconds()  # fail early if /proc is unreadable
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="switchyard-failover-"))
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -408,6 +408,12 @@ def _model_route(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, Any]
         route["retry_policy"]["host_selection_retry_max_attempts"] = 5
     return {
         "name": f"chat:{alias}",
+        # Envoy's own attempt count (connect failures included); ext_proc reads it for
+        # logs, metrics and health, and passes it on to the client.
+        "response_headers_to_add": [{
+            "header": {"key": "x-switchyard-attempts",
+                       "value": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
         "match": {"safe_regex": {"regex": INGRESS_PATHS_REGEX}, "headers": [
             {"name": ":method", "string_match": {"exact": "POST"}},
             {"name": MODEL_HEADER, "string_match": {"exact": alias}}]},

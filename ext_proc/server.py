@@ -140,6 +140,7 @@ class RequestState:
         "model",
         "raw",
         "rid",
+        "seen",
         "sent_cache",
         "status",
         "stream",
@@ -166,6 +167,8 @@ class RequestState:
         self.bytes_in = 0
         self.logged = False
         self.dropped: set[str] = set()
+        #: Clusters whose attempts reached the translate phase.
+        self.seen: set[str] = set()
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
@@ -332,6 +335,12 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         if st.dropped:
             set_headers.append(_hv("x-switchyard-dropped-params",
                                    ",".join(sorted(st.dropped)).encode()))
+        # Envoy counts every attempt (the route adds the header), connect failures included,
+        # which never reach the translate phase.
+        envoy_attempts = headers.get("x-switchyard-attempts", "")
+        if envoy_attempts.isdigit():
+            self._note_unseen_failures(st, int(envoy_attempts))
+            st.attempts = max(st.attempts, int(envoy_attempts))
         if backend is not None:
             set_headers.append(_hv("x-switchyard-backend", backend.label.encode()))
             set_headers.append(_hv("x-switchyard-attempts", str(st.attempts).encode()))
@@ -361,6 +370,16 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             response_headers=pb.HeadersResponse(response=common),
             mode_override=_STREAM_RESPONSE if handler.streaming else _BUFFER_RESPONSE,
         )
+
+    def _note_unseen_failures(self, st: RequestState, attempts: int) -> None:
+        """Attempts Envoy made that the translate phase never saw (connection refused or
+        reset before a stream existed) failed on candidates[k]: count them for health."""
+        if attempts <= 1 or st.backend is None:
+            return
+        seen = st.seen
+        for c in st.candidates[:attempts - 1]:
+            if c.cluster not in seen and c.cluster != st.backend.cluster:
+                self.health.record(c.cluster, True)
 
     def _on_response_body(self, st: RequestState, msg: pb.HttpBody) -> pb.ProcessingResponse:
         handler = st.handler
@@ -452,9 +471,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             return _error(502, f"No backend for cluster {cluster}", "api_error", "no_backend")
         st.attempts += 1
         st.backend = backend
+        st.seen.add(backend.cluster)
         out.append(backend)
-        if st.attempts > 1:
-            metrics.FAILOVERS.labels(st.model, backend.label).inc()
         built = st.sent_cache.get(cluster)
         if built is None:
             canonical = st.body
@@ -509,6 +527,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         latency = now - st.t0
         ttft = (st.t_first - st.t0) if st.t_first is not None else None
         metrics.observe(st.model, label, st.status, latency, ttft, prompt, completion, cost)
+        if st.attempts > 1:
+            metrics.FAILOVERS.labels(st.model, label).inc(st.attempts - 1)
         log.info(
             "request",
             rid=st.rid,

@@ -236,6 +236,8 @@ def test_failover_metrics(fo: FailoverGateway) -> None:
 def test_connection_refused_fails_over_and_is_ejected(fo: FailoverGateway) -> None:
     results = _run_200(fo, "deadfirst", _served_by_backup)
     assert {h["x-switchyard-backend"] for h in results} == {"claude/claude-backup"}
+    # Envoy's attempt count includes refused connections (no translate phase ran for them).
+    assert any(h["x-switchyard-attempts"] == "2" for h in results)
     _assert_schemas(fo)
     assert fo.envoy_stat("cluster.dead.gpt-dead.outlier_detection.ejections_enforced_total") >= 1
     active = "cluster.dead.gpt-dead.outlier_detection.ejections_active"
