@@ -292,7 +292,8 @@ one-phase processor here, behind the same simulator. The gateway does much more:
 gateway request costs two ext_proc gRPC streams** - the route phase (listener filter:
 request headers, the buffered request body, response headers and the buffered response
 body, i.e. four messages on one stream) and the translate phase (upstream filter, a second
-stream per attempt: one request-headers message answered with CONTINUE_AND_REPLACE) - plus
+stream per attempt: the request-headers message answered with CONTINUE_AND_REPLACE, and the
+attempt's response headers, read for backend health such as 429 retry-after) - plus
 JSON parsing and rewriting, one structured log line and Prometheus metrics per request.
 Expect its throughput to be a fraction of "Envoy alone"; `python -m bench.profile` shows
 where the ext_proc's CPU goes.
