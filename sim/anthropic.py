@@ -1,14 +1,22 @@
 """Anthropic Messages API simulator: `POST /v1/messages`, `GET /v1/models`."""
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from sim.common import INVALID_JSON, BodyHandler, Completion, Provider, content_text, count_words
+from sim.common import (
+    INVALID_JSON,
+    BodyHandler,
+    Completion,
+    Provider,
+    SimError,
+    content_text,
+    count_words,
+)
 
 _BLOCK_TYPES: Final = (
     "text",
@@ -330,21 +338,11 @@ class AnthropicProvider(Provider):
     def routes(self) -> list[tuple[str, str, BodyHandler]]:
         return [("POST", "/v1/messages", self.messages), ("GET", "/v1/models", self.models)]
 
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> web.Response:
+    def error_body(self, err: SimError) -> bytes:
         etype = _STATUS_ERRORS.get(
-            status, "api_error" if status >= 500 else "invalid_request_error"
+            err.status, "api_error" if err.status >= 500 else "invalid_request_error"
         )
-        body = orjson.dumps({"type": "error", "error": {"type": etype, "message": message}})
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
-        return web.Response(body=body, status=status, headers=all_headers)
+        return orjson.dumps({"type": "error", "error": {"type": etype, "message": err.message}})
 
     async def not_found(self, request: web.Request, body: Any) -> web.StreamResponse:
         return self.error(404, "Not Found")

@@ -8,13 +8,12 @@ Azure's content-filter annotations (a stream opens with a `choices: []` filter c
 """
 
 import re
-from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from sim.common import BodyHandler
+from sim.common import BodyHandler, SimError
 from sim.openai import OpenAIProvider
 
 # A real Azure answers a missing api-version with a bare 404 and a malformed one with 400.
@@ -42,20 +41,11 @@ class AzureOpenAIProvider(OpenAIProvider):
             ("POST", base + "/embeddings", self.azure_embeddings),
         ]
 
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> web.Response:
-        if status not in _AZURE_STYLE:  # validation errors come in OpenAI's format
-            return super().error(status, message, param=param, code=code, headers=headers)
-        body = orjson.dumps({"error": {"code": code or str(status), "message": message}})
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
-        return web.Response(body=body, status=status, headers=all_headers)
+    def error_body(self, err: SimError) -> bytes:
+        if err.status not in _AZURE_STYLE:  # validation errors come in OpenAI's format
+            return super().error_body(err)
+        code = err.code or str(err.status)
+        return orjson.dumps({"error": {"code": code, "message": err.message}})
 
     async def not_found(self, request: web.Request, body: Any) -> web.StreamResponse:
         return self.error(404, "Resource not found")

@@ -14,7 +14,7 @@ import random
 import re
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Final
 
 import orjson
@@ -26,6 +26,7 @@ from sim.common import (
     BodyHandler,
     Completion,
     Provider,
+    SimError,
     count_words,
     json_response,
 )
@@ -326,26 +327,18 @@ class BedrockProvider(Provider):
             ("POST", "/model/{model_id}/invoke", self.invoke),
         ]
 
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> web.Response:
+    def error_body(self, err: SimError) -> bytes:
+        return orjson.dumps({"message": err.message})
+
+    def error_headers(self, err: SimError) -> dict[str, str]:
         """`code` is the exception type name; by default the one bedrock uses for `status`."""
-        etype = code or _STATUS_TYPES.get(
-            status, "InternalServerException" if status >= 500 else "ValidationException")
-        all_headers = {
+        etype = err.code or _STATUS_TYPES.get(
+            err.status, "InternalServerException" if err.status >= 500 else "ValidationException")
+        return {
             "Content-Type": "application/json",
             "x-amzn-ErrorType": etype + _TYPE_SUFFIX,
             "x-amzn-RequestId": self.state.new_id(),
-            **(headers or {}),
         }
-        return web.Response(body=orjson.dumps({"message": message}), status=status,
-                            headers=all_headers)
 
     async def not_found(self, request: web.Request, body: Any) -> web.StreamResponse:
         return self.error(404, "Not Found", code="UnknownOperationException")

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -359,10 +359,22 @@ class Pacer:
 # --- providers -----------------------------------------------------------------------------
 
 
+class SimError(NamedTuple):
+    """What `Provider.error` was asked for: each provider renders it in its own format."""
+
+    status: int
+    message: str
+    param: str | None = None
+    code: str | None = None
+    headers: Mapping[str, str] | None = None
+
+
 class Provider(ABC):
     """One provider kind: its routes, auth and error format; the rest is shared."""
 
     kind: ClassVar[str]
+    # Content-Type of error answers (`error_headers` may add more; the caller's headers win).
+    error_content_type: ClassVar[str] = "application/json"
 
     def __init__(self, state: SimState) -> None:
         self.state = state
@@ -372,6 +384,13 @@ class Provider(ABC):
         """(method, path, handler) of the provider's API."""
 
     @abstractmethod
+    def error_body(self, err: SimError) -> bytes:
+        """The body of an error in the provider's own wire format (see `error`)."""
+
+    def error_headers(self, err: SimError) -> dict[str, str]:
+        """The headers of an error answer, before the caller's own."""
+        return {"Content-Type": self.error_content_type}
+
     def error(
         self,
         status: int,
@@ -381,7 +400,14 @@ class Provider(ABC):
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> web.Response:
-        """An error in the provider's own wire format."""
+        """An error in the provider's own wire format: `error_body` with `error_headers`."""
+        err = SimError(status, message, param, code, headers)
+        return self.error_response(err, self.error_body(err))
+
+    def error_response(self, err: SimError, body: bytes) -> web.Response:
+        """The answer for `err` with a ready body; the caller's headers win over ours."""
+        all_headers = {**self.error_headers(err), **(err.headers or {})}
+        return web.Response(body=body, status=err.status, headers=all_headers)
 
     async def not_found(self, request: web.Request, body: Any) -> web.StreamResponse:
         return self.error(404, f"Invalid URL ({request.method} {request.path})")

@@ -19,13 +19,13 @@ import math
 import random
 import re
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Final
 
 import orjson
 from aiohttp import web
 
-from sim.common import INVALID_JSON, BodyHandler, Completion, Provider, count_words
+from sim.common import INVALID_JSON, BodyHandler, Completion, Provider, SimError, count_words
 
 _SSE_END: Final = b"\r\n\r\n"  # Google frames its SSE events with CRLF
 _STATUS: Final = {
@@ -537,24 +537,17 @@ class _Google(Provider):
 
     versions: tuple[str, ...] = ()
     api_name = ""
+    error_content_type = "application/json; charset=UTF-8"
 
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        details: list[dict[str, Any]] | None = None,
-    ) -> web.Response:
-        err: dict[str, Any] = {
+    def error_body(self, err: SimError, details: list[dict[str, Any]] | None = None) -> bytes:
+        status = err.status
+        obj: dict[str, Any] = {
             "code": status,
-            "message": message,
-            "status": code or _STATUS.get(status, "INTERNAL" if status >= 500 else "UNKNOWN"),
+            "message": err.message,
+            "status": err.code or _STATUS.get(status, "INTERNAL" if status >= 500 else "UNKNOWN"),
         }
         if status == 429 and details is None:
-            retry = (headers or {}).get("retry-after")
+            retry = (err.headers or {}).get("retry-after")
             details = [
                 {
                     "@type": "type.googleapis.com/google.rpc.RetryInfo",
@@ -562,9 +555,8 @@ class _Google(Provider):
                 }
             ]
         if details:
-            err["details"] = details
-        all_headers = {"Content-Type": "application/json; charset=UTF-8", **(headers or {})}
-        return web.Response(body=orjson.dumps({"error": err}), status=status, headers=all_headers)
+            obj["details"] = details
+        return orjson.dumps({"error": obj})
 
     async def not_found(self, request: web.Request, body: Any) -> web.StreamResponse:
         return self.error(404, f"Method not found: {request.method} {request.path}")
@@ -797,18 +789,16 @@ class GeminiProvider(_Google):
                 "this API.",
             )
         if self.state.require_key is not None and key != self.state.require_key:
-            return self.error(
-                400,
-                "API key not valid. Please pass a valid API key.",
-                details=[
-                    {
-                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                        "reason": "API_KEY_INVALID",
-                        "domain": "googleapis.com",
-                        "metadata": {"service": "generativelanguage.googleapis.com"},
-                    }
-                ],
-            )
+            details = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "API_KEY_INVALID",
+                    "domain": "googleapis.com",
+                    "metadata": {"service": "generativelanguage.googleapis.com"},
+                }
+            ]
+            err = SimError(400, "API key not valid. Please pass a valid API key.")
+            return self.error_response(err, self.error_body(err, details))
         return None
 
     async def models(self, request: web.Request, body: Any) -> web.StreamResponse:

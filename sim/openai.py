@@ -9,7 +9,7 @@ import math
 import re
 import struct
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -21,6 +21,7 @@ from sim.common import (
     BodyHandler,
     Completion,
     Provider,
+    SimError,
     SimState,
     content_text,
     count_words,
@@ -759,22 +760,17 @@ class OpenAIProvider(Provider):
             ("GET", "/v1/models", self.models),
         ]
 
-    def error(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> web.Response:
+    def error_body(self, err: SimError) -> bytes:
         etype, default_code = _STATUS_ERRORS.get(
-            status, ("server_error" if status >= 500 else "invalid_request_error", None)
+            err.status, ("server_error" if err.status >= 500 else "invalid_request_error", None)
         )
-        error = {"message": message, "type": etype, "param": param, "code": code or default_code}
-        body = orjson.dumps({"error": error})
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
-        return web.Response(body=body, status=status, headers=all_headers)
+        error = {
+            "message": err.message,
+            "type": etype,
+            "param": err.param,
+            "code": err.code or default_code,
+        }
+        return orjson.dumps({"error": error})
 
     def _auth(self, request: web.Request) -> web.Response | None:
         key = self.state.require_key

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
-from ext_proc.adapters.base import Buffered, Headers, ResponseHandler, Stream, Usage, is_sse
+from ext_proc.adapters.base import (
+    Headers,
+    ResponseHandler,
+    Stream,
+    is_sse,
+    translated,
+    translated_error,
+)
 from ext_proc.table import BackendInfo
 from ext_proc.translate import anthropic, openai
 
@@ -32,12 +37,8 @@ class AnthropicAdapter:
             return Stream(anthropic.StreamToOpenAI(backend.model, openai.client_wants_usage(req),
                                                    json_tool=anthropic.json_tool_name(req)))
         if status < 300:
-            def convert(body: bytes) -> tuple[bytes | None, Usage]:
-                data = orjson.loads(body)
-                out = anthropic.response_to_openai(
-                    data, backend.model, json_tool=anthropic.json_tool_name(req))
-                return out, anthropic.usage_of(data)
-
-            return Buffered(convert, rewrites=True)
-        return Buffered(lambda body: (anthropic.error_to_openai(status, body), None),
-                        rewrites=True)
+            return translated(
+                lambda data: anthropic.response_to_openai(
+                    data, backend.model, json_tool=anthropic.json_tool_name(req)),
+                anthropic.usage_of)
+        return translated_error(anthropic.error_to_openai, status)

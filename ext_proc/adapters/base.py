@@ -107,6 +107,23 @@ class Stream:
         return out
 
 
+def translated(to_openai: Callable[[dict[str, Any]], bytes],
+               usage_of: Callable[[dict[str, Any]], Usage]) -> Buffered:
+    """Whole-body handler for a successful JSON answer in another schema: the OpenAI body
+    `to_openai` makes of it, and its usage."""
+
+    def convert(body: bytes) -> tuple[bytes | None, Usage]:
+        data = orjson.loads(body)
+        return to_openai(data), usage_of(data)
+
+    return Buffered(convert, rewrites=True)
+
+
+def translated_error(to_openai: Callable[[int, bytes], bytes], status: int) -> Buffered:
+    """Whole-body handler turning an error answer into the OpenAI error body (no usage)."""
+    return Buffered(lambda body: (to_openai(status, body), None), rewrites=True)
+
+
 def json_usage(usage_of: Callable[[dict[str, Any]], Usage]
                ) -> Callable[[bytes], tuple[bytes | None, Usage]]:
     """A converter that keeps the body and only reads its usage."""

@@ -6,7 +6,15 @@ from typing import Any
 
 import orjson
 
-from ext_proc.adapters.base import Buffered, Headers, ResponseHandler, Stream, Usage
+from ext_proc.adapters.base import (
+    Buffered,
+    Headers,
+    ResponseHandler,
+    Stream,
+    Usage,
+    translated,
+    translated_error,
+)
 from ext_proc.table import BackendInfo, ProviderInfo
 from ext_proc.translate import bedrock, openai
 
@@ -17,33 +25,14 @@ _EVENTSTREAM = bedrock.EVENTSTREAM.encode()
 class BedrockAdapter:
     def request(self, req: dict[str, Any], backend: BackendInfo) -> tuple[bytes, bytes, Headers]:
         p = backend.provider
-        opts = p.options
-        region = opts.get("region")
-        access_key = opts.get("aws_access_key_id")
-        secret_key = opts.get("aws_secret_access_key")
-        if not region:
-            raise openai.TranslationError(
-                f"provider {p.name!r} has no AWS region configured", status=500,
-                code="missing_region")
-        if not access_key or not secret_key:
-            raise openai.TranslationError(
-                f"provider {p.name!r} has no AWS credentials configured "
-                "(aws_access_key_id and aws_secret_access_key)",
-                status=500, code="missing_credentials")
+        creds = _credentials(p)  # a configuration error outranks a bad request
         stream = bool(req.get("stream"))
         body = bedrock.request_from_openai(req, backend.model)
         path = p.path_prefix + bedrock.path(backend.model, stream)
-        authority = p.authority.decode()
-        # The scheme does not enter the signature; host does, so sign exactly the :authority
-        # the translate phase sets. Only host and X-Amz-* are signed: Envoy may touch others.
-        scheme = "https" if getattr(p, "tls", True) else "http"
-        signed = bedrock.sign("POST", f"{scheme}://{authority}{path}", {"host": authority}, body,
-                              region, access_key, secret_key,
-                              opts.get("aws_session_token"))
         headers: Headers = [
             ("content-type", _JSON),
             ("accept", _EVENTSTREAM if stream else _JSON),
-            *((k.lower(), v.encode()) for k, v in signed.items()),
+            *_sigv4(p, path, body, creds),
         ]
         return path.encode(), body, headers
 
@@ -52,15 +41,11 @@ class BedrockAdapter:
         if status < 300 and content_type.startswith(bedrock.EVENTSTREAM):
             return Stream(bedrock.StreamToOpenAI(backend.model, openai.client_wants_usage(req)))
         if status < 300:
-            def convert(body: bytes) -> tuple[bytes | None, Usage]:
-                data = orjson.loads(body)
-                return bedrock.response_to_openai(data, backend.model), bedrock.usage_of(data)
-
-            return Buffered(convert, rewrites=True)
+            return translated(lambda data: bedrock.response_to_openai(data, backend.model),
+                              bedrock.usage_of)
         # The x-amzn-errortype header is not passed here: the body's `__type` or the status
         # decides the error type (bedrock-runtime maps each type to its own status).
-        return Buffered(lambda body: (bedrock.error_to_openai(status, body, None), None),
-                        rewrites=True)
+        return translated_error(bedrock.error_to_openai, status)
 
     # Embeddings: InvokeModel with a Titan or Cohere body. Envoy makes one upstream call per
     # attempt, so a request needing several InvokeModel calls is refused, not fanned out.
@@ -89,8 +74,7 @@ class BedrockAdapter:
     def embeddings_response(self, status: int, content_type: str, req: dict[str, Any],
                             backend: BackendInfo) -> ResponseHandler:
         if status >= 300:
-            return Buffered(lambda body: (bedrock.error_to_openai(status, body, None), None),
-                            rewrites=True)
+            return translated_error(bedrock.error_to_openai, status)
         encoding = req.get("encoding_format") or "float"
 
         def convert(body: bytes) -> tuple[bytes | None, Usage]:
@@ -114,8 +98,8 @@ def _inputs_per_call(body: bytes) -> int:
     return len(texts) if isinstance(texts, list) else 1
 
 
-def _sigv4(p: ProviderInfo, path: str, body: bytes) -> Headers:
-    """SigV4 headers for a POST of `body` to `path` at the provider's exact :authority."""
+def _credentials(p: ProviderInfo) -> tuple[str, str, str]:
+    """(region, access key, secret key) of the provider; a 500 when any is not configured."""
     opts = p.options
     region = opts.get("region")
     access_key = opts.get("aws_access_key_id")
@@ -129,8 +113,19 @@ def _sigv4(p: ProviderInfo, path: str, body: bytes) -> Headers:
             f"provider {p.name!r} has no AWS credentials configured "
             "(aws_access_key_id and aws_secret_access_key)",
             status=500, code="missing_credentials")
+    return region, access_key, secret_key
+
+
+def _sigv4(p: ProviderInfo, path: str, body: bytes,
+           creds: tuple[str, str, str] | None = None) -> Headers:
+    """SigV4 headers for a POST of `body` to `path` at the provider's exact :authority.
+
+    The scheme does not enter the signature; host does, so sign exactly the :authority the
+    translate phase sets. Only host and X-Amz-* are signed: Envoy may touch the others.
+    """
+    region, access_key, secret_key = creds or _credentials(p)
     authority = p.authority.decode()
     scheme = "https" if getattr(p, "tls", True) else "http"
     signed = bedrock.sign("POST", f"{scheme}://{authority}{path}", {"host": authority}, body,
-                          region, access_key, secret_key, opts.get("aws_session_token"))
+                          region, access_key, secret_key, p.options.get("aws_session_token"))
     return [(k.lower(), v.encode()) for k, v in signed.items()]

@@ -11,7 +11,16 @@ from typing import Any
 
 import orjson
 
-from ext_proc.adapters.base import Buffered, Headers, ResponseHandler, Stream, Usage, is_sse
+from ext_proc.adapters.base import (
+    Buffered,
+    Headers,
+    ResponseHandler,
+    Stream,
+    Usage,
+    is_sse,
+    translated,
+    translated_error,
+)
 from ext_proc.auth import token_source_for
 from ext_proc.table import BackendInfo, ProviderInfo
 from ext_proc.translate import gemini, openai
@@ -26,24 +35,16 @@ def _response(
     if status < 300 and is_sse(content_type):
         return Stream(gemini.StreamToOpenAI(backend.model, openai.client_wants_usage(req)))
     if status < 300:
-
-        def convert(body: bytes) -> tuple[bytes | None, Usage]:
-            data = orjson.loads(body)
-            return gemini.response_to_openai(data, backend.model), gemini.usage_of(data)
-
-        return Buffered(convert, rewrites=True)
-    return _error_handler(status)
-
-
-def _error_handler(status: int) -> ResponseHandler:
-    return Buffered(lambda body: (gemini.error_to_openai(status, body), None), rewrites=True)
+        return translated(lambda data: gemini.response_to_openai(data, backend.model),
+                          gemini.usage_of)
+    return translated_error(gemini.error_to_openai, status)
 
 
 def _embeddings_handler(
     status: int, req: dict[str, Any], backend: BackendInfo, vertex: bool
 ) -> ResponseHandler:
     if status >= 300:
-        return _error_handler(status)
+        return translated_error(gemini.error_to_openai, status)
     fmt = req.get("encoding_format")
     fmt = fmt if fmt == "base64" else "float"
 

@@ -38,8 +38,26 @@ from typing import Any
 
 import orjson
 
-from .openai import DONE_FRAME, TranslationError, error_body, error_object
-from .sse import SSEEvent, SSEParser, parse_frame
+from .openai import (
+    DONE_FRAME,
+    STATUS_ERRORS,
+    ChunkWriter,
+    SSETranslator,
+    TranslationError,
+    cache_usage,
+    content_parts,
+    error_body,
+    json_error,
+    max_tokens_of,
+    messages_of,
+    number,
+    openai_usage,
+    status_error,
+    stop_of,
+    unsupported_part,
+    upstream_error_message,
+)
+from .sse import SSEEvent
 
 __all__ = [
     "API_VERSION",
@@ -94,12 +112,8 @@ _ERRORS: dict[str, tuple[str, str | None]] = {
 
 # Fallback by HTTP status when the error type is missing or unknown.
 _STATUS_ERRORS: dict[int, tuple[str, str | None]] = {
-    400: ("invalid_request_error", None),
-    401: ("authentication_error", None),
-    403: ("permission_error", None),
-    404: ("not_found_error", None),
+    **STATUS_ERRORS,
     413: ("invalid_request_error", "request_too_large"),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
     529: ("api_error", "overloaded"),
 }
 
@@ -193,19 +207,10 @@ def _blocks(content: Any, param: str) -> list[dict[str, Any]]:
         return [{"type": "text", "text": content}] if content else []
     if content is None:
         return []
-    if not isinstance(content, list):
-        raise TranslationError("content must be a string or a list of parts", param=param)
     blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        p = f"{param}[{j}]"
-        if not isinstance(part, dict):
-            raise TranslationError("content parts must be objects", param=p)
-        kind = part.get("type")
+    for kind, part, p in content_parts(content, param):
         if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise TranslationError("text parts need a string `text`", param=p)
-            if text:  # Anthropic rejects empty text blocks
+            if text := part["text"]:  # Anthropic rejects empty text blocks
                 blocks.append({"type": "text", "text": text})
         elif kind == "image_url":
             blocks.append(_image_block(part, p))
@@ -216,9 +221,7 @@ def _blocks(content: Any, param: str) -> list[dict[str, Any]]:
             if isinstance(refusal, str) and refusal:
                 blocks.append({"type": "text", "text": refusal})
         else:
-            raise TranslationError(
-                f"content part type {kind!r} is not supported for this backend", param=p
-            )
+            raise unsupported_part(kind, p)
     return blocks
 
 
@@ -279,14 +282,9 @@ def _merge(out: list[dict[str, Any]], role: str, value: str | list[dict[str, Any
 
 def _messages(msgs: Any) -> tuple[list[str], list[dict[str, Any]]]:
     """Split OpenAI messages into system texts and role-alternating Anthropic messages."""
-    if not isinstance(msgs, list) or not msgs:
-        raise TranslationError("messages must be a non-empty array", param="messages")
     system: list[str] = []
     out: list[dict[str, Any]] = []
-    for i, m in enumerate(msgs):
-        param = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise TranslationError("messages must be objects", param=param)
+    for m, param in messages_of(msgs):
         role = m.get("role")
         content = m.get("content")
         value: str | list[dict[str, Any]]
@@ -335,18 +333,6 @@ def _messages(msgs: Any) -> tuple[list[str], list[dict[str, Any]]]:
             "at least one user or assistant message is required", param="messages"
         )
     return system, out
-
-
-def _positive_int(v: Any, param: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise TranslationError(f"{param} must be a positive integer", param=param)
-    return v
-
-
-def _number(v: Any, param: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise TranslationError(f"{param} must be a number", param=param)
-    return v
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -499,24 +485,11 @@ def request_from_openai(
     if system:
         out["system"] = "\n\n".join(system)
 
-    mct = req.get("max_completion_tokens")
-    if mct is not None:
-        max_tokens = _positive_int(mct, "max_completion_tokens")
-    elif (mt := req.get("max_tokens")) is not None:
-        max_tokens = _positive_int(mt, "max_tokens")
-    else:
+    max_tokens = max_tokens_of(req)
+    if max_tokens is None:
         max_tokens = default_max_tokens
-
-    stop = req.get("stop")
-    if isinstance(stop, str):
-        out["stop_sequences"] = [stop]
-    elif isinstance(stop, list):
-        if not all(isinstance(s, str) for s in stop):
-            raise TranslationError("stop must be a string or a list of strings", param="stop")
-        if stop:
-            out["stop_sequences"] = stop
-    elif stop is not None:
-        raise TranslationError("stop must be a string or a list of strings", param="stop")
+    if stop := stop_of(req):
+        out["stop_sequences"] = stop
 
     # Tools, tool_choice and the JSON-mode tool.
     tools = _tools(req["tools"]) if req.get("tools") else []
@@ -567,12 +540,12 @@ def request_from_openai(
 
     t = req.get("temperature")
     if t is not None:  # OpenAI allows 0..2, Anthropic 0..1
-        t = min(max(_number(t, "temperature"), 0.0), 1.0)
+        t = min(max(number(t, "temperature"), 0.0), 1.0)
         if budget is None:
             out["temperature"] = t
     top_p = req.get("top_p")
     if top_p is not None:
-        top_p = _number(top_p, "top_p")
+        top_p = number(top_p, "top_p")
         if budget is None or top_p >= 0.95:
             out["top_p"] = top_p
     if req.get("stream"):
@@ -588,29 +561,13 @@ def request_from_openai(
 
 def _usage(u: Any) -> tuple[int, int, int]:
     """(prompt incl. cache, completion, cache_read) from an Anthropic usage object."""
-    if not isinstance(u, dict):
-        return 0, 0, 0
-    cached = u.get("cache_read_input_tokens") or 0
-    prompt = (u.get("input_tokens") or 0) + cached + (u.get("cache_creation_input_tokens") or 0)
-    return prompt, u.get("output_tokens") or 0, cached
-
-
-def _openai_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
+    return cache_usage(u, *_USAGE_KEYS)
 
 
 def usage_of(resp: dict[str, Any]) -> tuple[int, int] | None:
     """(prompt_tokens, completion_tokens) of an Anthropic message; prompt includes cache."""
     u = resp.get("usage")
-    if not isinstance(u, dict):
-        return None
-    prompt, completion, _ = _usage(u)
-    return prompt, completion
+    return _usage(u)[:2] if isinstance(u, dict) else None
 
 
 def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
@@ -670,7 +627,7 @@ def response_to_openai(resp: dict[str, Any], alias: str, json_tool: str | None =
         "created": int(time.time()),
         "model": alias,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": _openai_usage(*_usage(resp.get("usage"))),
+        "usage": openai_usage(*_usage(resp.get("usage"))),
     }
     return orjson.dumps(out)
 
@@ -680,24 +637,18 @@ def _map_error(status: int, etype: Any) -> tuple[str, str | None]:
         return _ERRORS[etype]
     if status in _STATUS_ERRORS:
         return _STATUS_ERRORS[status]
-    return ("api_error", None) if status >= 500 or status == 0 else ("invalid_request_error", None)
+    return status_error(status)
 
 
 def _error_fields(status: int, body: bytes) -> tuple[str, str, str | None]:
     """(message, OpenAI type, code) for an Anthropic error body."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        obj = None
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict):
+    err = json_error(body)
+    if err is not None:
         type_, code = _map_error(status, err.get("type"))
         msg = err.get("message")
         return (msg if isinstance(msg, str) else f"upstream error (HTTP {status})"), type_, code
     type_, code = _map_error(status, None)
-    snippet = body[:2000].decode("utf-8", "replace").strip()[:500]
-    msg = f"upstream returned HTTP {status}" + (f": {snippet}" if snippet else "")
-    return msg, type_, code
+    return upstream_error_message(status, body), type_, code
 
 
 def error_to_openai(status: int, body: bytes) -> bytes:
@@ -712,7 +663,7 @@ def error_to_openai(status: int, body: bytes) -> bytes:
 _TEXT, _THINKING, _JSON, _IGNORED = -1, -2, -3, -4  # >= 0: the OpenAI tool_calls index
 
 
-class StreamToOpenAI:
+class StreamToOpenAI(SSETranslator):
     """Translate an Anthropic Messages SSE stream into OpenAI `chat.completion.chunk` SSE.
 
     Every stream ends in `[DONE]` after either message_stop or an error chunk: an upstream that
@@ -720,138 +671,46 @@ class StreamToOpenAI:
     """
 
     __slots__ = (
-        "_alias",
         "_blocks",
-        "_created",
-        "_id",
         "_include_usage",
         "_json_tool",
         "_n_tools",
-        "_parser",
-        "_prefix",
         "_raw_usage",
         "_saw_json",
-        "_suffix",
-        "cached_tokens",
-        "done",
-        "error",
-        "finish_reason",
-        "first_token_at",
-        "usage",
+        "_w",
     )
 
     def __init__(self, alias: str, include_usage: bool, json_tool: str | None = None) -> None:
-        self._alias = alias
+        super().__init__()
         self._include_usage = include_usage
         self._json_tool = json_tool
-        self._parser = SSEParser()
-        self._created = int(time.time())
-        self._id: str | None = None
-        self._prefix = b""  # chunk bytes before a content delta's JSON string
-        self._suffix = b""  # and after it
+        self._w = ChunkWriter(alias, include_usage)  # started by message_start
         self._raw_usage: dict[str, int] = {}
         self._blocks: dict[int, int] = {}  # Anthropic block index -> _TEXT/... or tool index
         self._n_tools = 0
         self._saw_json = False
-        self.usage: tuple[int, int] | None = None
-        self.cached_tokens = 0
-        self.done = False
-        self.error: dict[str, Any] | None = None
-        self.finish_reason: str | None = None
-        self.first_token_at: float | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Return the OpenAI SSE bytes produced by this upstream chunk."""
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        for ev in self._parser.feed(chunk):
-            self._event(ev, out)
-            if self.done:
-                break
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """End of upstream body: flush, and turn an early end into an error chunk."""
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        ev = parse_frame(self._parser.take_pending())
-        if ev is not None:  # a last frame missing its blank line
-            self._event(ev, out, lenient=True)
-        if not self.done:
-            out.append(self._fail("upstream stream ended before message_stop", "api_error", None))
-        return b"".join(out)
 
     # -- internals
 
-    def _start(self, msg_id: str | None) -> bytes:
-        """Fix the chunk id and pre-render the bytes around content deltas (the hot path)."""
-        self._id = f"chatcmpl-{msg_id or os.urandom(12).hex()}"
-        head = orjson.dumps(
-            {
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._alias,
-            }
-        )
-        delta_open = b"data: " + head[:-1] + b',"choices":[{"index":0,"delta":{'
-        self._prefix = delta_open + b'"content":'
-        tail = b',"usage":null}' if self._include_usage else b"}"
-        self._suffix = b'},"logprobs":null,"finish_reason":null}]' + tail + b"\n\n"
-        return delta_open + b'"role":"assistant","content":""' + self._suffix
+    def _end(self, out: list[bytes]) -> None:
+        out.append(self._fail("upstream stream ended before message_stop", "api_error", None))
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None) -> bytes:
-        obj: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._alias,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if self._include_usage:
-            obj["usage"] = None
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
+    def _start(self, msg_id: str | None) -> bytes:
+        """Fix the chunk id and open the choice."""
+        return self._w.start(f"chatcmpl-{msg_id or os.urandom(12).hex()}")
 
     def _content(self, text: str) -> bytes:
-        if self.first_token_at is None:
+        if self.first_token_at is None:  # inline: the hot path
             self.first_token_at = time.monotonic()
-        return self._prefix + orjson.dumps(text) + self._suffix
-
-    def _delta(self, delta: dict[str, Any]) -> bytes:
-        if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-        return self._chunk(delta, None)
-
-    def _usage_chunk(self) -> bytes:
-        prompt, completion = self.usage or (0, 0)
-        obj: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._alias,
-            "choices": [],
-            "usage": _openai_usage(prompt, completion, self.cached_tokens),
-        }
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-    def _fail(self, message: str, type_: str, code: str | None) -> bytes:
-        self.done = True
-        self.error = error_object(message, type_, code)
-        return b"data: " + orjson.dumps({"error": self.error}) + b"\n\n" + DONE_FRAME
+        return self._w.content(text)
 
     def _event(self, ev: SSEEvent, out: list[bytes], lenient: bool = False) -> None:
-        try:
-            obj = orjson.loads(ev.data)
-        except orjson.JSONDecodeError:
-            if not lenient:
-                out.append(self._fail("malformed event from upstream stream", "api_error", None))
-            return
-        if not isinstance(obj, dict):
+        obj = self._json(ev.data, out, lenient)
+        if obj is None:
             return
         kind = obj.get("type") or ev.event
-        if self._id is None and kind in ("content_block_start", "content_block_delta"):
+        w = self._w
+        if w.id is None and kind in ("content_block_start", "content_block_delta"):
             out.append(self._start(None))  # no message_start seen: still open properly
         if kind == "content_block_delta":
             delta = obj.get("delta")
@@ -863,7 +722,7 @@ class StreamToOpenAI:
             msg = obj.get("message")
             msg = msg if isinstance(msg, dict) else {}
             self._merge_usage(msg.get("usage"))
-            if self._id is None:
+            if w.id is None:
                 out.append(self._start(msg.get("id")))
         elif kind == "content_block_start":
             block = obj.get("content_block")
@@ -873,13 +732,13 @@ class StreamToOpenAI:
         elif kind == "message_delta":
             self._message_delta(obj, out)
         elif kind == "message_stop":
-            if self._id is None:
+            if w.id is None:
                 out.append(self._start(None))
             if self.finish_reason is None:  # message_delta missing: still close the choice
                 self.finish_reason = "stop"
-                out.append(self._chunk({}, "stop"))
+                out.append(w.finish("stop"))
             if self._include_usage:
-                out.append(self._usage_chunk())
+                out.append(w.usage(openai_usage(*(self.usage or (0, 0)), self.cached_tokens)))
             out.append(DONE_FRAME)
             self.done = True
         elif kind == "error":
@@ -901,7 +760,8 @@ class StreamToOpenAI:
             self._blocks[index] = _THINKING
             text = block.get("thinking")
             if isinstance(text, str) and text:
-                out.append(self._delta({"reasoning_content": text}))
+                self._token()
+                out.append(self._w.reasoning(text))
         elif kind == "tool_use":
             name = block.get("name")
             if self._json_tool is not None and not self._saw_json and name == self._json_tool:
@@ -910,13 +770,8 @@ class StreamToOpenAI:
                 return
             slot = self._blocks[index] = self._n_tools
             self._n_tools += 1
-            call = {
-                "index": slot,
-                "id": block.get("id", ""),
-                "type": "function",
-                "function": {"name": name or "", "arguments": ""},
-            }
-            out.append(self._delta({"tool_calls": [call]}))
+            self._token()
+            out.append(self._w.tool_call(slot, block.get("id", ""), name or ""))
         else:  # redacted_thinking, server tools: no OpenAI form
             self._blocks[index] = _IGNORED
 
@@ -933,12 +788,13 @@ class StreamToOpenAI:
             if slot == _JSON:
                 out.append(self._content(part))
             elif slot >= 0:
-                call = {"index": slot, "function": {"arguments": part}}
-                out.append(self._delta({"tool_calls": [call]}))
+                self._token()
+                out.append(self._w.tool_arguments(slot, part))
         elif kind == "thinking_delta":
             text = delta.get("thinking")
             if isinstance(text, str) and text:
-                out.append(self._delta({"reasoning_content": text}))
+                self._token()
+                out.append(self._w.reasoning(text))
         # signature_delta, citations_delta and unknown deltas: nothing to send.
 
     def _merge_usage(self, u: Any) -> None:
@@ -959,7 +815,7 @@ class StreamToOpenAI:
         stop = delta.get("stop_reason") if isinstance(delta, dict) else None
         if stop is None and self.finish_reason is not None:
             return
-        if self._id is None:
+        if self._w.id is None:
             out.append(self._start(None))
         finish = finish_reason(stop)
         if finish == "tool_calls" and not self._n_tools:
@@ -967,4 +823,4 @@ class StreamToOpenAI:
         elif finish == "stop" and self._n_tools:
             finish = "tool_calls"
         self.finish_reason = finish
-        out.append(self._chunk({}, finish))
+        out.append(self._w.finish(finish))

@@ -31,7 +31,7 @@ from typing import Any, TypeGuard
 import orjson
 
 from . import anthropic
-from .openai import TranslationError
+from .openai import SSETranslator, TranslationError, json_error, upstream_error_message
 from .sse import SSEEvent, SSEParser, parse_frame
 
 __all__ = [
@@ -118,20 +118,12 @@ def translation_error_body(exc: TranslationError) -> bytes:
 
 def error_from_openai(status: int, body: bytes) -> bytes:
     """OpenAI error response -> Anthropic error body (keep the upstream HTTP status)."""
-    try:
-        obj = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        obj = None
-    err = obj.get("error") if isinstance(obj, dict) else None
-    if isinstance(err, dict):
+    err = json_error(body)
+    if err is not None:
         msg = err.get("message")
         message = msg if isinstance(msg, str) and msg else f"upstream error (HTTP {status})"
         return error_body(message, _error_type(status, err))
-    snippet = body[:2000].decode("utf-8", "replace").strip()[:500]
-    return error_body(
-        f"upstream returned HTTP {status}" + (f": {snippet}" if snippet else ""),
-        error_type(status),
-    )
+    return error_body(upstream_error_message(status, body), error_type(status))
 
 
 def _error_type(status: int, err: dict[str, Any]) -> str:
@@ -747,7 +739,7 @@ def _event(name: bytes, obj: dict[str, Any]) -> bytes:
     return b"event: " + name + b"\ndata: " + orjson.dumps(obj) + b"\n\n"
 
 
-class StreamFromOpenAI:
+class StreamFromOpenAI(SSETranslator):
     """Translate OpenAI `chat.completion.chunk` SSE into the Messages API event sequence.
 
     message_start, then per block content_block_start/delta.../stop (text, thinking, tool_use
@@ -762,57 +754,21 @@ class StreamFromOpenAI:
         "_kind",
         "_model",
         "_next",
-        "_parser",
         "_text_prefix",
         "_tools",
-        "cached_tokens",
-        "done",
-        "error",
-        "finish_reason",
-        "first_token_at",
         "stop_reason",
-        "usage",
     )
 
     def __init__(self, model: str) -> None:
+        super().__init__()  # usage: (prompt, completion) as OpenAI counts them
         self._model = model
-        self._parser = SSEParser()
         self._id: str | None = None  # set once message_start went out
         self._next = 0  # index of the next content block
         self._block = -1  # index of the open block, -1 for none
         self._kind = 0  # _TEXT / _THINKING / _TOOL of the open block
         self._tools: dict[int, int] = {}  # OpenAI tool_calls index -> block index
         self._text_prefix = b""
-        self.usage: tuple[int, int] | None = None  # (prompt, completion) as OpenAI counts
-        self.cached_tokens = 0
-        self.finish_reason: str | None = None
         self.stop_reason: str | None = None
-        self.first_token_at: float | None = None
-        self.done = False
-        self.error: dict[str, Any] | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Return the Anthropic SSE bytes produced by this upstream chunk."""
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        for ev in self._parser.feed(chunk):
-            self._chunk(ev, out)
-            if self.done:
-                break
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """End of upstream body: close a finished message, or turn an early end into an error."""
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        ev = parse_frame(self._parser.take_pending())
-        if ev is not None:  # a last frame missing its blank line
-            self._chunk(ev, out, lenient=True)
-        if not self.done:
-            self._end(out)
-        return b"".join(out)
 
     # -- internals
 
@@ -836,10 +792,11 @@ class StreamFromOpenAI:
         }
         out.append(_event(b"message_start", {"type": "message_start", "message": message}))
 
-    def _fail(self, message: str, type_: str, out: list[bytes]) -> None:
+    def _fail(self, message: str, type_: str, code: str | None = None) -> bytes:
+        """An Anthropic `event: error` (there is no code in its errors)."""
         self.done = True
         self.error = {"type": type_, "message": message}
-        out.append(error_event(message, type_))
+        return error_event(message, type_)
 
     def _close(self, out: list[bytes]) -> None:
         if self._block >= 0:
@@ -863,31 +820,19 @@ class StreamFromOpenAI:
             )
         return index
 
-    def _first(self) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-
-    def _chunk(self, ev: SSEEvent, out: list[bytes], lenient: bool = False) -> None:
+    def _event(self, ev: SSEEvent, out: list[bytes], lenient: bool = False) -> None:
         data = ev.data
         if data == b"[DONE]":
             self._end(out)
             return
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            if not lenient:
-                self._fail("malformed event from upstream stream", "api_error", out)
-            return
-        if not isinstance(obj, dict):
+        obj = self._json(data, out, lenient)
+        if obj is None:
             return
         err = obj.get("error")
         if isinstance(err, dict):
             msg = err.get("message")
-            self._fail(
-                msg if isinstance(msg, str) and msg else "upstream error",
-                _error_type(0, err),
-                out,
-            )
+            message = msg if isinstance(msg, str) and msg else "upstream error"
+            out.append(self._fail(message, _error_type(0, err)))
             return
         if self._id is None:
             self._start(obj, out)
@@ -908,7 +853,7 @@ class StreamFromOpenAI:
         if isinstance(delta, dict):
             reasoning = _reasoning(delta)
             if isinstance(reasoning, str) and reasoning:
-                self._first()
+                self._token()
                 if self._kind != _THINKING:
                     self._open(
                         _THINKING, {"type": "thinking", "thinking": "", "signature": ""}, out
@@ -919,7 +864,7 @@ class StreamFromOpenAI:
             if not (isinstance(text, str) and text):
                 text = delta.get("refusal")
             if isinstance(text, str) and text:
-                self._first()
+                self._token()
                 if self._kind != _TEXT:
                     self._open(_TEXT, {"type": "text", "text": ""}, out)
                 out.append(self._text_prefix + orjson.dumps(text) + b"}}\n\n")
@@ -938,7 +883,7 @@ class StreamFromOpenAI:
         slot = slot if _is_int(slot) else 0
         fn = call.get("function")
         fn = fn if isinstance(fn, dict) else {}
-        self._first()
+        self._token()
         index = self._tools.get(slot)
         if index is None:
             block: dict[str, Any] = {
@@ -956,7 +901,8 @@ class StreamFromOpenAI:
 
     def _end(self, out: list[bytes]) -> None:
         if self.finish_reason is None:
-            self._fail("upstream stream ended before the response was complete", "api_error", out)
+            message = "upstream stream ended before the response was complete"
+            out.append(self._fail(message, "api_error"))
             return
         if self._id is None:
             self._start({}, out)

@@ -14,6 +14,7 @@ import os
 import re
 import struct
 import time
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -23,7 +24,24 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from .eventstream import EventStreamDecoder, EventStreamError, Message
-from .openai import DONE_FRAME, TranslationError, error_body, error_object
+from .openai import (
+    DONE_FRAME,
+    ChunkWriter,
+    StreamTranslator,
+    TranslationError,
+    cache_usage,
+    content_parts,
+    error_body,
+    max_tokens_of,
+    messages_of,
+    number,
+    openai_usage,
+    positive_int,
+    status_error,
+    stop_of,
+    unsupported_part,
+    upstream_error_message,
+)
 
 __all__ = [
     "EVENTSTREAM",
@@ -164,19 +182,10 @@ def _blocks(content: Any, param: str) -> list[dict[str, Any]]:
         return [{"text": content}] if content.strip() else []
     if content is None:
         return []
-    if not isinstance(content, list):
-        raise TranslationError("content must be a string or a list of parts", param=param)
     blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        p = f"{param}[{j}]"
-        if not isinstance(part, dict):
-            raise TranslationError("content parts must be objects", param=p)
-        kind = part.get("type")
+    for kind, part, p in content_parts(content, param):
         if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise TranslationError("text parts need a string `text`", param=p)
-            if text.strip():  # Bedrock rejects blank text blocks
+            if (text := part["text"]).strip():  # Bedrock rejects blank text blocks
                 blocks.append({"text": text})
         elif kind == "image_url":
             blocks.append(_image_block(part, p))
@@ -185,9 +194,7 @@ def _blocks(content: Any, param: str) -> list[dict[str, Any]]:
             if isinstance(refusal, str) and refusal.strip():
                 blocks.append({"text": refusal})
         else:
-            raise TranslationError(
-                f"content part type {kind!r} is not supported for this backend", param=p
-            )
+            raise unsupported_part(kind, p)
     return blocks
 
 
@@ -229,14 +236,9 @@ def _tool_uses(calls: Any, param: str) -> list[dict[str, Any]]:
 
 def _messages(msgs: Any) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
     """Split OpenAI messages into system blocks and role-alternating Converse messages."""
-    if not isinstance(msgs, list) or not msgs:
-        raise TranslationError("messages must be a non-empty array", param="messages")
     system: list[dict[str, str]] = []
     out: list[dict[str, Any]] = []
-    for i, m in enumerate(msgs):
-        param = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise TranslationError("messages must be objects", param=param)
+    for m, param in messages_of(msgs):
         role = m.get("role")
         content = m.get("content")
         if role in ("system", "developer"):
@@ -275,40 +277,21 @@ def _messages(msgs: Any) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
     return system, out
 
 
-def _positive_int(v: Any, param: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise TranslationError(f"{param} must be a positive integer", param=param)
-    return v
-
-
 def _unit(v: Any, param: str) -> float:
     """A number clamped into [0, 1] (OpenAI allows temperature up to 2, Bedrock 1)."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise TranslationError(f"{param} must be a number", param=param)
-    return min(max(float(v), 0.0), 1.0)
+    return min(max(float(number(v, param)), 0.0), 1.0)
 
 
 def _inference_config(req: dict[str, Any]) -> dict[str, Any]:
     cfg: dict[str, Any] = {}
-    mct = req.get("max_completion_tokens")
-    if mct is not None:
-        cfg["maxTokens"] = _positive_int(mct, "max_completion_tokens")
-    elif (mt := req.get("max_tokens")) is not None:
-        cfg["maxTokens"] = _positive_int(mt, "max_tokens")
+    if (max_tokens := max_tokens_of(req)) is not None:
+        cfg["maxTokens"] = max_tokens
     if (t := req.get("temperature")) is not None:
         cfg["temperature"] = _unit(t, "temperature")
     if (top_p := req.get("top_p")) is not None:
         cfg["topP"] = _unit(top_p, "top_p")
-    stop = req.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if isinstance(stop, list):
-        if not all(isinstance(s, str) for s in stop):
-            raise TranslationError("stop must be a string or a list of strings", param="stop")
-        if stops := [s for s in stop if s]:
-            cfg["stopSequences"] = stops
-    elif stop is not None:
-        raise TranslationError("stop must be a string or a list of strings", param="stop")
+    if (stop := stop_of(req)) and (stops := [s for s in stop if s]):
+        cfg["stopSequences"] = stops
     return cfg
 
 
@@ -397,29 +380,15 @@ def request_from_openai(req: dict[str, Any], model_id: str) -> bytes:
 
 def _usage(u: Any) -> tuple[int, int, int]:
     """(prompt incl. cache, completion, cache read) from a Bedrock TokenUsage object."""
-    if not isinstance(u, dict):
-        return 0, 0, 0
-    cached = u.get("cacheReadInputTokens") or 0
-    prompt = (u.get("inputTokens") or 0) + cached + (u.get("cacheWriteInputTokens") or 0)
-    return prompt, u.get("outputTokens") or 0, cached
-
-
-def _openai_usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
+    return cache_usage(
+        u, "inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens"
+    )
 
 
 def usage_of(resp: dict[str, Any]) -> tuple[int, int] | None:
     """(prompt_tokens, completion_tokens) of a Converse response; prompt includes cache."""
     u = resp.get("usage")
-    if not isinstance(u, dict):
-        return None
-    prompt, completion, _ = _usage(u)
-    return prompt, completion
+    return _usage(u)[:2] if isinstance(u, dict) else None
 
 
 def _new_id() -> str:
@@ -467,7 +436,7 @@ def response_to_openai(resp: dict[str, Any], model: str) -> bytes:
         "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": None,
                      "finish_reason": finish_reason(resp.get("stopReason"))}],
-        "usage": _openai_usage(*_usage(resp.get("usage"))),
+        "usage": openai_usage(*_usage(resp.get("usage"))),
     })
 
 
@@ -476,8 +445,7 @@ def _map_error(status: int, etype: str | None, message: str) -> tuple[str, str |
     key = etype.lower() if etype else _STATUS_TYPES.get(status)
     mapped = _ERRORS.get(key) if key else None
     if mapped is None:
-        mapped = ("api_error", None) if status >= 500 or status == 0 else (
-            "invalid_request_error", None)
+        mapped = status_error(status)
     if mapped[0] == "invalid_request_error" and _CONTEXT_RE.search(message):
         return "invalid_request_error", "context_length_exceeded"
     return mapped
@@ -505,9 +473,8 @@ def error_to_openai(status: int, body: bytes, error_type: str | None = None) -> 
     if isinstance(obj, dict):
         msg = obj.get("message") or obj.get("Message")
         etype = etype or _clean_type(obj.get("__type")) or _clean_type(obj.get("code"))
-    if not isinstance(msg, str) or not msg:
-        snippet = body[:2000].decode("utf-8", "replace").strip()[:500] if obj is None else ""
-        msg = f"upstream returned HTTP {status}" + (f": {snippet}" if snippet else "")
+    if not isinstance(msg, str) or not msg:  # a JSON body's text is no better a message
+        msg = upstream_error_message(status, body if obj is None else b"")
     type_, code = _map_error(status, etype, msg)
     return error_body(msg, type_, code)
 
@@ -515,7 +482,7 @@ def error_to_openai(status: int, body: bytes, error_type: str | None = None) -> 
 # ----------------------------------------------------------------------------- streams
 
 
-class StreamToOpenAI:
+class StreamToOpenAI(StreamTranslator[Message]):
     """Translate a ConverseStream event-stream body into OpenAI `chat.completion.chunk` SSE.
 
     Bedrock sends messageStop (the stop reason) and then metadata (usage); the OpenAI stream
@@ -523,110 +490,34 @@ class StreamToOpenAI:
     messageStop, or a corrupt frame, becomes an error chunk: never a clean-looking truncation.
     """
 
-    __slots__ = (
-        "_created",
-        "_decoder",
-        "_id",
-        "_include_usage",
-        "_model",
-        "_prefix",
-        "_suffix",
-        "_tools",
-        "cached_tokens",
-        "done",
-        "error",
-        "finish_reason",
-        "first_token_at",
-        "usage",
-    )
+    __slots__ = ("_decoder", "_id", "_include_usage", "_tools", "_w")
 
     def __init__(self, model: str, include_usage: bool, response_id: str | None = None) -> None:
-        self._model = model
+        super().__init__()
         self._include_usage = include_usage
         self._decoder = EventStreamDecoder()
-        self._created = int(time.time())
+        self._w = ChunkWriter(model, include_usage)  # started by the first event
         self._id = response_id or _new_id()
-        self._prefix = b""  # chunk bytes before a content delta's JSON string (set by _start)
-        self._suffix = b""
         self._tools: dict[int, int] = {}  # contentBlockIndex -> OpenAI tool_calls index
-        self.usage: tuple[int, int] | None = None
-        self.cached_tokens = 0
-        self.done = False
-        self.error: dict[str, Any] | None = None
-        self.finish_reason: str | None = None
-        self.first_token_at: float | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        """Return the OpenAI SSE bytes produced by this upstream chunk."""
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        try:
-            messages = self._decoder.feed(chunk)
-        except EventStreamError as exc:
-            return self._fail(f"corrupt event stream from upstream: {exc}", "api_error", None)
-        for m in messages:
-            self._message(m, out)
-            if self.done:
-                break
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """End of upstream body: an end before messageStop becomes an error chunk."""
-        if self.done:
-            return b""
-        if self.finish_reason is not None and not self._decoder.pending:
-            # messageStop arrived but no metadata: the answer is whole, only usage is missing.
-            self.done = True
-            return DONE_FRAME
-        return self._fail("upstream stream ended before messageStop", "api_error", None)
 
     # -- internals
 
-    def _start(self) -> bytes:
-        """Pre-render the bytes around content deltas (the hot path) and open the choice."""
-        head = orjson.dumps({"id": self._id, "object": "chat.completion.chunk",
-                             "created": self._created, "model": self._model})
-        delta_open = b"data: " + head[:-1] + b',"choices":[{"index":0,"delta":{'
-        self._prefix = delta_open + b'"content":'
-        tail = b',"usage":null}' if self._include_usage else b"}"
-        self._suffix = b'},"logprobs":null,"finish_reason":null}]' + tail + b"\n\n"
-        return delta_open + b'"role":"assistant","content":""' + self._suffix
+    def _events(self, chunk: bytes, out: list[bytes]) -> Iterable[Message]:
+        try:
+            return self._decoder.feed(chunk)
+        except EventStreamError as exc:
+            out.append(self._fail(f"corrupt event stream from upstream: {exc}", "api_error", None))
+            return ()
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None) -> bytes:
-        obj: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-        }
-        if self._include_usage:
-            obj["usage"] = None
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
+    def _end(self, out: list[bytes]) -> None:
+        if self.finish_reason is not None and not self._decoder.pending:
+            # messageStop arrived but no metadata: the answer is whole, only usage is missing.
+            self.done = True
+            out.append(DONE_FRAME)
+            return
+        out.append(self._fail("upstream stream ended before messageStop", "api_error", None))
 
-    def _usage_chunk(self) -> bytes:
-        prompt, completion = self.usage or (0, 0)
-        obj = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [],
-            "usage": _openai_usage(prompt, completion, self.cached_tokens),
-        }
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-    def _fail(self, message: str, type_: str, code: str | None) -> bytes:
-        self.done = True
-        self.error = error_object(message, type_, code)
-        return b"data: " + orjson.dumps({"error": self.error}) + b"\n\n" + DONE_FRAME
-
-    def _token(self) -> None:
-        if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-
-    def _message(self, m: Message, out: list[bytes]) -> None:
+    def _event(self, m: Message, out: list[bytes], lenient: bool = False) -> None:
         h = m.headers
         mtype = h.get(":message-type")
         if mtype == "exception":
@@ -647,16 +538,13 @@ class StreamToOpenAI:
             return
         if mtype != "event":
             return
-        try:
-            ev = orjson.loads(m.payload)
-        except orjson.JSONDecodeError:
-            out.append(self._fail("malformed event from upstream stream", "api_error", None))
-            return
-        if not isinstance(ev, dict):
+        ev = self._json(m.payload, out)
+        if ev is None:
             return
         kind = h.get(":event-type")
-        if not self._prefix and kind != "metadata":
-            out.append(self._start())  # also opens a stream whose messageStart went missing
+        w = self._w
+        if w.id is None and kind != "metadata":
+            out.append(w.start(self._id))  # also opens a stream whose messageStart went missing
         if kind == "contentBlockDelta":
             delta = ev.get("delta")
             if not isinstance(delta, dict):
@@ -664,18 +552,17 @@ class StreamToOpenAI:
             if isinstance(text := delta.get("text"), str):
                 if text:
                     self._token()
-                    out.append(self._prefix + orjson.dumps(text) + self._suffix)
+                    out.append(w.content(text))
             elif isinstance(tu := delta.get("toolUse"), dict):
                 args = tu.get("input")
                 if isinstance(args, str) and args:
                     idx = self._tool_index(ev.get("contentBlockIndex"))
-                    out.append(self._chunk(
-                        {"tool_calls": [{"index": idx, "function": {"arguments": args}}]}, None))
+                    out.append(w.tool_arguments(idx, args))
             elif isinstance(rc := delta.get("reasoningContent"), dict):
                 rtext = rc.get("text")
                 if isinstance(rtext, str) and rtext:
                     self._token()
-                    out.append(self._chunk({"reasoning_content": rtext}, None))
+                    out.append(w.reasoning(rtext))
             # citation / image / toolResult deltas and reasoning signatures: nothing to relay.
         elif kind == "contentBlockStart":
             start = ev.get("start")
@@ -683,14 +570,11 @@ class StreamToOpenAI:
             if isinstance(tu, dict):
                 self._token()
                 idx = self._tool_index(ev.get("contentBlockIndex"))
-                out.append(self._chunk({"tool_calls": [{
-                    "index": idx, "id": tu.get("toolUseId"), "type": "function",
-                    "function": {"name": tu.get("name"), "arguments": ""},
-                }]}, None))
+                out.append(w.tool_call(idx, tu.get("toolUseId"), tu.get("name")))
         elif kind == "messageStop":
             if self.finish_reason is None:
                 self.finish_reason = finish_reason(ev.get("stopReason"))
-                out.append(self._chunk({}, self.finish_reason))
+                out.append(w.finish(self.finish_reason))
         elif kind == "metadata":
             prompt, completion, self.cached_tokens = _usage(ev.get("usage"))
             self.usage = (prompt, completion)
@@ -699,7 +583,7 @@ class StreamToOpenAI:
                                       "api_error", None))
                 return
             if self._include_usage:
-                out.append(self._usage_chunk())
+                out.append(w.usage(openai_usage(prompt, completion, self.cached_tokens)))
             out.append(DONE_FRAME)
             self.done = True
         # messageStart (opened above), contentBlockStop and future events: nothing to send.
@@ -791,7 +675,7 @@ def embeddings_request(req: dict[str, Any], model_id: str) -> list[tuple[str, by
     invoke = f"/model/{quote(model_id, safe='')}/invoke"
     dims = req.get("dimensions")
     if dims is not None:
-        dims = _positive_int(dims, "dimensions")
+        dims = positive_int(dims, "dimensions")
     if "titan-embed" in model_id:
         extra = {"dimensions": dims} if dims is not None else {}
         return [(invoke, orjson.dumps({"inputText": t, **extra})) for t in texts]

@@ -27,8 +27,25 @@ from typing import Any
 
 import orjson
 
-from .openai import DONE_FRAME, TranslationError, error_body, error_event, error_object
-from .sse import SSEEvent, SSEParser, parse_frame
+from .openai import (
+    DONE_FRAME,
+    STATUS_ERRORS,
+    ChunkWriter,
+    SSETranslator,
+    TranslationError,
+    content_parts,
+    error_body,
+    max_tokens_of,
+    messages_of,
+    number,
+    openai_usage,
+    positive_int,
+    status_error,
+    stop_of,
+    unsupported_part,
+    upstream_error_message,
+)
+from .sse import SSEEvent
 
 __all__ = [
     "StreamToOpenAI",
@@ -76,11 +93,7 @@ _ERRORS: dict[str, tuple[str, str | None]] = {
     "DEADLINE_EXCEEDED": ("api_error", "timeout"),
 }
 _STATUS_ERRORS: dict[int, tuple[str, str | None]] = {
-    400: ("invalid_request_error", None),
-    401: ("authentication_error", None),
-    403: ("permission_error", None),
-    404: ("not_found_error", None),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
+    **STATUS_ERRORS,
     503: ("api_error", "service_unavailable"),
     504: ("api_error", "timeout"),
 }
@@ -184,19 +197,10 @@ def _parts(content: Any, param: str) -> list[dict[str, Any]]:
         return [{"text": content}] if content else []
     if content is None:
         return []
-    if not isinstance(content, list):
-        raise TranslationError("content must be a string or a list of parts", param=param)
     parts: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        p = f"{param}[{j}]"
-        if not isinstance(part, dict):
-            raise TranslationError("content parts must be objects", param=p)
-        kind = part.get("type")
+    for kind, part, p in content_parts(content, param):
         if kind == "text":
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise TranslationError("text parts need a string `text`", param=p)
-            if text:
+            if text := part["text"]:
                 parts.append({"text": text})
         elif kind == "image_url":
             iu = part.get("image_url")
@@ -221,9 +225,7 @@ def _parts(content: Any, param: str) -> list[dict[str, Any]]:
             if isinstance(refusal, str) and refusal:
                 parts.append({"text": refusal})
         else:
-            raise TranslationError(
-                f"content part type {kind!r} is not supported for this backend", param=p
-            )
+            raise unsupported_part(kind, p)
     return parts
 
 
@@ -278,15 +280,10 @@ def _response_part(name: str, content: Any, param: str) -> dict[str, Any]:
 
 def _contents(msgs: Any) -> tuple[list[str], list[dict[str, Any]]]:
     """Split OpenAI messages into system texts and Gemini contents (same roles merged)."""
-    if not isinstance(msgs, list) or not msgs:
-        raise TranslationError("messages must be a non-empty array", param="messages")
     system: list[str] = []
     out: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool_call id -> function name
-    for i, m in enumerate(msgs):
-        param = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise TranslationError("messages must be objects", param=param)
+    for m, param in messages_of(msgs):
         role = m.get("role")
         content = m.get("content")
         if role in ("system", "developer"):
@@ -336,18 +333,6 @@ def _contents(msgs: Any) -> tuple[list[str], list[dict[str, Any]]]:
             "at least one user or assistant message with content is required", param="messages"
         )
     return system, out
-
-
-def _positive_int(v: Any, param: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise TranslationError(f"{param} must be a positive integer", param=param)
-    return v
-
-
-def _number(v: Any, param: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise TranslationError(f"{param} must be a number", param=param)
-    return v
 
 
 def _function_decl(fn: Any, param: str) -> dict[str, Any]:
@@ -457,39 +442,28 @@ def _response_format(rf: Any, gc: dict[str, Any]) -> None:
 
 def _generation_config(req: dict[str, Any]) -> dict[str, Any]:
     gc: dict[str, Any] = {}
-    mct = req.get("max_completion_tokens")
-    if mct is not None:
-        gc["maxOutputTokens"] = _positive_int(mct, "max_completion_tokens")
-    elif (mt := req.get("max_tokens")) is not None:
-        gc["maxOutputTokens"] = _positive_int(mt, "max_tokens")
+    if (max_tokens := max_tokens_of(req)) is not None:
+        gc["maxOutputTokens"] = max_tokens
     for key, g_key in (("temperature", "temperature"), ("top_p", "topP"), ("top_k", "topK")):
         v = req.get(key)
         if v is not None:
-            gc[g_key] = _number(v, key)
+            gc[g_key] = number(v, key)
     for key, g_key in (
         ("presence_penalty", "presencePenalty"),
         ("frequency_penalty", "frequencyPenalty"),
     ):
         v = req.get(key)
-        if v is not None and _number(v, key) != 0:  # many SDKs send 0: not worth a 400
+        if v is not None and number(v, key) != 0:  # many SDKs send 0: not worth a 400
             gc[g_key] = v
-    stop = req.get("stop")
-    if isinstance(stop, str):
-        gc["stopSequences"] = [stop]
-    elif isinstance(stop, list):
-        if not all(isinstance(s, str) for s in stop):
-            raise TranslationError("stop must be a string or a list of strings", param="stop")
-        if stop:
-            gc["stopSequences"] = stop
-    elif stop is not None:
-        raise TranslationError("stop must be a string or a list of strings", param="stop")
+    if stop := stop_of(req):
+        gc["stopSequences"] = stop
     seed = req.get("seed")
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TranslationError("seed must be an integer", param="seed")
         gc["seed"] = seed
     n = req.get("n")
-    if n is not None and _positive_int(n, "n") != 1:
+    if n is not None and positive_int(n, "n") != 1:
         gc["candidateCount"] = n
     _response_format(req.get("response_format"), gc)
     effort = req.get("reasoning_effort")
@@ -538,16 +512,6 @@ def _usage(um: Any) -> tuple[int, int, int, int]:
     prompt = (um.get("promptTokenCount") or 0) + (um.get("toolUsePromptTokenCount") or 0)
     completion = (um.get("candidatesTokenCount") or 0) + thoughts
     return prompt, completion, um.get("cachedContentTokenCount") or 0, thoughts
-
-
-def _openai_usage(prompt: int, completion: int, cached: int, thoughts: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-        "completion_tokens_details": {"reasoning_tokens": thoughts},
-    }
 
 
 def usage_of(resp: dict[str, Any]) -> tuple[int, int] | None:
@@ -646,7 +610,7 @@ def response_to_openai(resp: dict[str, Any], model: str) -> bytes:
         "created": int(time.time()),
         "model": model,
         "choices": choices,
-        "usage": _openai_usage(*_usage(resp.get("usageMetadata"))),
+        "usage": openai_usage(*_usage(resp.get("usageMetadata"))),
     }
     return orjson.dumps(out)
 
@@ -661,9 +625,7 @@ def _map_error(status: int, err: dict[str, Any]) -> tuple[str, str | None]:
     elif status in _STATUS_ERRORS:
         type_, code = _STATUS_ERRORS[status]
     else:
-        type_, code = (
-            ("api_error", None) if status >= 500 or status == 0 else ("invalid_request_error", None)
-        )
+        type_, code = status_error(status)
     if type_ == "invalid_request_error" and code is None:
         msg = err.get("message")
         if isinstance(msg, str) and _TOO_LONG.search(msg):
@@ -686,8 +648,7 @@ def _error_fields(status: int, body: bytes) -> tuple[str, str, str | None]:
         msg = err.get("message")
         return (msg if isinstance(msg, str) else f"upstream error (HTTP {status})"), type_, ocode
     type_, ocode = _map_error(status, {})
-    snippet = body[:2000].decode("utf-8", "replace").strip()[:500]
-    return f"upstream returned HTTP {status}" + (f": {snippet}" if snippet else ""), type_, ocode
+    return upstream_error_message(status, body), type_, ocode
 
 
 def error_to_openai(status: int, body: bytes) -> bytes:
@@ -699,7 +660,7 @@ def error_to_openai(status: int, body: bytes) -> bytes:
 # ----------------------------------------------------------------------------- streams
 
 
-class StreamToOpenAI:
+class StreamToOpenAI(SSETranslator):
     """Translate a Gemini `alt=sse` stream into OpenAI `chat.completion.chunk` SSE.
 
     Gemini has no end-of-stream event: the body just ends. So [DONE] (after the usage chunk)
@@ -707,140 +668,40 @@ class StreamToOpenAI:
     client gets an error chunk, never a clean-looking but truncated answer.
     """
 
-    __slots__ = (
-        "_created",
-        "_id",
-        "_include_usage",
-        "_model",
-        "_open",
-        "_parser",
-        "_prefix",
-        "_rprefix",
-        "_suffix",
-        "_tool_calls",
-        "cached_tokens",
-        "done",
-        "error",
-        "finish_reason",
-        "first_token_at",
-        "reasoning_tokens",
-        "usage",
-    )
+    __slots__ = ("_include_usage", "_open", "_tool_calls", "_w", "reasoning_tokens")
 
     def __init__(self, model: str, include_usage: bool) -> None:
-        self._model = model
+        super().__init__()
         self._include_usage = include_usage
-        self._parser = SSEParser()
-        self._created = int(time.time())
-        self._id: str | None = None
-        self._prefix = b""  # chunk bytes before a text delta's JSON string (choice 0)
-        self._rprefix = b""  # same, for reasoning_content
-        self._suffix = b""
+        self._w = ChunkWriter(model, include_usage)  # started by the first event
         self._open: dict[int, bool] = {}  # candidate index -> finished?
         self._tool_calls: dict[int, int] = {}  # candidate index -> tool calls so far
-        self.usage: tuple[int, int] | None = None
-        self.cached_tokens = 0
         self.reasoning_tokens = 0
-        self.done = False
-        self.error: dict[str, Any] | None = None
-        self.finish_reason: str | None = None
-        self.first_token_at: float | None = None
 
-    def feed(self, chunk: bytes) -> bytes:
-        """Return the OpenAI SSE bytes produced by this upstream chunk."""
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        for ev in self._parser.feed(chunk):
-            self._event(ev, out)
-            if self.done:
-                break
-        return b"".join(out)
+    # -- internals
 
-    def finish(self) -> bytes:
-        """End of upstream body: flush, then [DONE] or, if it ended early, an error chunk."""
-        if self.done:
-            return b""
-        out: list[bytes] = []
-        ev = parse_frame(self._parser.take_pending())
-        if ev is not None:  # a last frame missing its blank line
-            self._event(ev, out, lenient=True)
-        if self.done:
-            return b"".join(out)
+    def _end(self, out: list[bytes]) -> None:
+        """Gemini's normal end: [DONE] if every candidate finished, else an error chunk."""
         if self._open and all(self._open.values()):
             if self._include_usage:
-                out.append(self._usage_chunk())
+                prompt, completion = self.usage or (0, 0)
+                usage = openai_usage(prompt, completion, self.cached_tokens, self.reasoning_tokens)
+                out.append(self._w.usage(usage))
             out.append(DONE_FRAME)
             self.done = True
         else:
             out.append(self._fail("upstream stream ended before finishReason", "api_error", None))
-        return b"".join(out)
-
-    # -- internals
-
-    def _start(self, resp: dict[str, Any]) -> None:
-        """Fix the chunk id and pre-render the bytes around choice-0 deltas (the hot path)."""
-        self._id = _chat_id(resp)
-        head = orjson.dumps(
-            {
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._model,
-            }
-        )
-        delta_open = b"data: " + head[:-1] + b',"choices":[{"index":0,"delta":{'
-        self._prefix = delta_open + b'"content":'
-        self._rprefix = delta_open + b'"reasoning_content":'
-        tail = b',"usage":null}' if self._include_usage else b"}"
-        self._suffix = b'},"logprobs":null,"finish_reason":null}]' + tail + b"\n\n"
-
-    def _chunk(self, index: int, delta: dict[str, Any], finish: str | None) -> bytes:
-        obj: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [
-                {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
-            ],
-        }
-        if self._include_usage:
-            obj["usage"] = None
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-    def _usage_chunk(self) -> bytes:
-        prompt, completion = self.usage or (0, 0)
-        obj: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [],
-            "usage": _openai_usage(prompt, completion, self.cached_tokens, self.reasoning_tokens),
-        }
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-    def _fail(self, message: str, type_: str, code: str | None) -> bytes:
-        self.done = True
-        self.error = error_object(message, type_, code)
-        return error_event(message, type_, code)
 
     def _text(self, index: int, text: str, thought: bool) -> bytes:
-        if self.first_token_at is None:
+        if self.first_token_at is None:  # inline: the hot path
             self.first_token_at = time.monotonic()
         if index == 0:
-            return (self._rprefix if thought else self._prefix) + orjson.dumps(text) + self._suffix
-        return self._chunk(index, {"reasoning_content" if thought else "content": text}, None)
+            return self._w.reasoning(text) if thought else self._w.content(text)
+        return self._w.delta({"reasoning_content" if thought else "content": text}, None, index)
 
     def _event(self, ev: SSEEvent, out: list[bytes], lenient: bool = False) -> None:
-        try:
-            obj = orjson.loads(ev.data)
-        except orjson.JSONDecodeError:
-            if not lenient:
-                out.append(self._fail("malformed event from upstream stream", "api_error", None))
-            return
-        if not isinstance(obj, dict):
+        obj = self._json(ev.data, out, lenient)
+        if obj is None:
             return
         err = obj.get("error")
         if isinstance(err, dict):
@@ -849,8 +710,8 @@ class StreamToOpenAI:
             msg = err.get("message")
             out.append(self._fail(msg if isinstance(msg, str) else "upstream error", type_, code))
             return
-        if self._id is None:
-            self._start(obj)
+        if self._w.id is None:
+            self._w.start(_chat_id(obj))
         um = obj.get("usageMetadata")
         if isinstance(um, dict):
             prompt, completion, self.cached_tokens, self.reasoning_tokens = _usage(um)
@@ -870,14 +731,14 @@ class StreamToOpenAI:
     def _open_choice(self, index: int, out: list[bytes]) -> None:
         if index not in self._open:
             self._open[index] = False
-            out.append(self._chunk(index, {"role": "assistant", "content": ""}, None))
+            out.append(self._w.role(index))
 
     def _close_choice(self, index: int, reason: str, out: list[bytes]) -> None:
         if not self._open.get(index):
             self._open[index] = True
             if index == 0:
                 self.finish_reason = reason
-            out.append(self._chunk(index, {}, reason))
+            out.append(self._w.finish(reason, index))
 
     def _candidate(self, index: int, cand: dict[str, Any], out: list[bytes]) -> None:
         self._open_choice(index, out)
@@ -890,10 +751,9 @@ class StreamToOpenAI:
             if isinstance(fc, dict):
                 k = self._tool_calls.get(index, 0)
                 self._tool_calls[index] = k + 1
-                if self.first_token_at is None:
-                    self.first_token_at = time.monotonic()
+                self._token()
                 call = _tool_call(fc, part, k, streamed=True)
-                out.append(self._chunk(index, {"tool_calls": [call]}, None))
+                out.append(self._w.delta({"tool_calls": [call]}, None, index))
                 continue
             text = part.get("text")
             if isinstance(text, str) and text:
@@ -928,7 +788,7 @@ def embeddings_request(
     texts = _embedding_inputs(req)
     dims = req.get("dimensions")
     if dims is not None:
-        dims = _positive_int(dims, "dimensions")
+        dims = positive_int(dims, "dimensions")
     if vertex:
         if not project or not location:
             raise ValueError("vertex embeddings need project and location")
