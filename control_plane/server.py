@@ -2,10 +2,11 @@
 
 A config change is loaded, validated and compiled whole; any error is logged with file:line
 and the last good snapshot keeps serving. A good snapshot is published in a safe order:
-Envoy gets the new clusters first (we wait for every Envoy's CDS ACK, bounded), then ext_proc
-gets the routing table that names them, so no request is routed to a cluster Envoy lacks.
-Clusters a reload removes linger in Envoy for `RETIRED_CLUSTER_TTL_S`: requests (and their
-retries) that were routed by the previous table still find them.
+Envoy gets the new clusters and model routes first (we wait for every Envoy's CDS and RDS
+ACK, bounded), then ext_proc gets the routing table that names them, so no request is sent to
+a route or cluster Envoy lacks. Clusters and model routes a reload removes linger in Envoy for
+`RETIRED_CLUSTER_TTL_S`: requests (and their retries) routed by the previous table still find
+them.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import grpc
 import structlog
+from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf.message import Message
 
-from control_plane.compile import CLUSTER_TYPE, Snapshot, compile_config, digest
+from control_plane.compile import CLUSTER_TYPE, ROUTE_TYPE, Snapshot, compile_config, digest
 from control_plane.config import ConfigError, load_config
 from control_plane.logs import configure_logging
 from control_plane.routing import RoutingService, RoutingTableStore
@@ -32,8 +34,8 @@ from protos import routing_pb2_grpc
 
 log = structlog.get_logger("switchyard.control_plane")
 
-#: How long a publish waits for Envoy to ACK new clusters before updating ext_proc anyway.
-CDS_ACK_TIMEOUT_S = 2.0
+#: How long a publish waits for Envoy to ACK new clusters/routes before updating ext_proc anyway.
+ACK_TIMEOUT_S = 2.0
 POLL_INTERVAL_S = 0.25
 #: How long a cluster removed from the config stays in Envoy for in-flight requests.
 RETIRED_CLUSTER_TTL_S = 120.0
@@ -50,6 +52,8 @@ class ControlPlane:
         self.rejected = 0
         #: cluster name -> (resource, monotonic expiry) of clusters removed by a reload.
         self._retired: dict[str, tuple[Message, float]] = {}
+        #: model route name -> (route, monotonic expiry) of routes removed by a reload.
+        self._retired_routes: dict[str, tuple[route_pb2.Route, float]] = {}
 
     def _read(self) -> tuple[str, bytes] | None:
         try:
@@ -81,45 +85,78 @@ class ControlPlane:
         return True
 
     def _envoy_view(self, snapshot: Snapshot) -> Snapshot:
-        """The snapshot plus clusters still lingering after removal."""
+        """The snapshot plus clusters and model routes still lingering after removal."""
         now = time.monotonic()
         self._retired = {n: v for n, v in self._retired.items() if v[1] > now}
+        self._retired_routes = {n: v for n, v in self._retired_routes.items() if v[1] > now}
+        resources = dict(snapshot.resources)
+        versions = dict(snapshot.versions)
         current = {getattr(c, "name", "") for c in snapshot.resources[CLUSTER_TYPE]}
         extra = tuple(c for n, (c, _) in sorted(self._retired.items()) if n not in current)
-        if not extra:
+        if extra:
+            resources[CLUSTER_TYPE] = snapshot.resources[CLUSTER_TYPE] + extra
+        config = snapshot.resources[ROUTE_TYPE][0]
+        assert isinstance(config, route_pb2.RouteConfiguration)
+        have = {r.name for r in config.virtual_hosts[0].routes}
+        lingering = [r for n, (r, _) in sorted(self._retired_routes.items()) if n not in have]
+        if lingering:
+            merged = route_pb2.RouteConfiguration()
+            merged.CopyFrom(config)
+            routes = list(merged.virtual_hosts[0].routes)
+            models = [r for r in routes if r.name.startswith("chat:")]
+            rest = [r for r in routes if not r.name.startswith("chat:")]
+            del merged.virtual_hosts[0].routes[:]
+            merged.virtual_hosts[0].routes.extend([*models, *lingering, *rest])
+            resources[ROUTE_TYPE] = (merged,)
+        if not extra and not lingering:
             return snapshot
-        clusters = snapshot.resources[CLUSTER_TYPE] + extra
-        versions = {**snapshot.versions, CLUSTER_TYPE: digest(clusters)}
-        return dataclasses.replace(
-            snapshot, resources={**snapshot.resources, CLUSTER_TYPE: clusters},
-            versions=versions, version=snapshot.version + "+" + versions[CLUSTER_TYPE][:8])
+        versions = {t: digest(r) for t, r in resources.items()}
+        suffix = "".join(versions[t][:4] for t in sorted(versions))
+        return dataclasses.replace(snapshot, resources=resources, versions=versions,
+                                   version=f"{snapshot.version}+{suffix}")
+
+    def _retire(self, previous: Snapshot, snapshot: Snapshot) -> None:
+        """Remember what this snapshot removes, so in-flight requests still find it."""
+        expires = time.monotonic() + RETIRED_CLUSTER_TTL_S
+        current = {getattr(c, "name", "") for c in snapshot.resources[CLUSTER_TYPE]}
+        for c in previous.resources[CLUSTER_TYPE]:
+            name = getattr(c, "name", "")
+            if name not in current:
+                self._retired[name] = (c, expires)
+        old_config = previous.resources[ROUTE_TYPE][0]
+        new_config = snapshot.resources[ROUTE_TYPE][0]
+        assert isinstance(old_config, route_pb2.RouteConfiguration)
+        assert isinstance(new_config, route_pb2.RouteConfiguration)
+        have = {r.name for r in new_config.virtual_hosts[0].routes}
+        for r in old_config.virtual_hosts[0].routes:
+            if r.name.startswith("chat:") and r.name not in have:
+                self._retired_routes[r.name] = (r, expires)
 
     async def publish(self, snapshot: Snapshot) -> None:
+        """Envoy first (clusters and routes, ACKed), then the ext_proc routing table: a model
+        is only handed to ext_proc once Envoy can route it."""
         previous = self.snapshot
         self.snapshot = snapshot
         self.reloads += 1
         if previous is not None:
-            current = {getattr(c, "name", "") for c in snapshot.resources[CLUSTER_TYPE]}
-            expires = time.monotonic() + RETIRED_CLUSTER_TTL_S
-            for c in previous.resources[CLUSTER_TYPE]:
-                name = getattr(c, "name", "")
-                if name not in current:
-                    self._retired[name] = (c, expires)
+            self._retire(previous, snapshot)
         view = self._envoy_view(snapshot)
         await self.envoy_store.set(view)
-        acked = await self.envoy_store.wait_acked(
-            CLUSTER_TYPE, view.versions[CLUSTER_TYPE], CDS_ACK_TIMEOUT_S)
+        acked = all([
+            await self.envoy_store.wait_acked(type_url, view.versions[type_url], ACK_TIMEOUT_S)
+            for type_url in (CLUSTER_TYPE, ROUTE_TYPE)])
         await self.routing_store.set(snapshot.routing)
         log.info("config published", version=snapshot.version, models=len(snapshot.routing.models),
-                 clusters_acked=acked, envoys=len(self.envoy_store.envoys))
+                 envoy_acked=acked, envoys=len(self.envoy_store.envoys))
 
     async def watch(self) -> None:
         """Poll the file's content hash: robust to editors that replace files by rename."""
         while True:
             await asyncio.sleep(POLL_INTERVAL_S)
-            if self._retired and self.snapshot is not None:
+            if (self._retired or self._retired_routes) and self.snapshot is not None:
                 now = time.monotonic()
-                if any(exp <= now for _, exp in self._retired.values()):
+                expiries = [e for _, e in [*self._retired.values(), *self._retired_routes.values()]]
+                if any(exp <= now for exp in expiries):
                     await self.envoy_store.set(self._envoy_view(self.snapshot))
             read = self._read()
             if read is not None and read[0] != self._digest:
