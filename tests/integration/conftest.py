@@ -97,15 +97,20 @@ def start_gateway(tmp: Path, **render: Any) -> RunningGateway:
     ports = dict(zip(names, free_ports(len(names)), strict=True))
     config_path = tmp / "gateway.yaml"
     config_path.write_text(render_config(ports, **render))
-    log_dir = tmp / "logs"
-    gw = Gateway(config_path, log_dir=log_dir)
+    gw = launch(config_path)
+    return RunningGateway(gw, ports, config_path, tmp / "logs")
+
+
+def launch(config_path: Path, timeout: float = 60) -> Gateway:
+    """Start a whole gateway over a config file (logs beside it) and wait until it serves."""
+    gw = Gateway(config_path, log_dir=config_path.parent / "logs")
     gw.start()
     try:
-        gw.wait_ready(timeout=45)
+        gw.wait_ready(timeout=timeout)
     except Exception:
         gw.stop()
         raise
-    return RunningGateway(gw, ports, config_path, log_dir)
+    return gw
 
 
 @pytest.fixture(scope="session")

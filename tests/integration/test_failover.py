@@ -12,8 +12,7 @@ import httpx
 import openai
 import pytest
 
-from control_plane.launcher import Gateway
-from tests.integration.conftest import CLIENT_KEY, free_ports, wait_until
+from tests.integration.conftest import CLIENT_KEY, free_ports, launch, wait_until
 
 MESSAGES = [{"role": "user", "content": "Please fail over gracefully"}]
 EJECTION_S = 5
@@ -80,13 +79,7 @@ class FailoverGateway:
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         path = tmp / "failover.yaml"
         path.write_text(_config(self.ports))
-        self.gateway = Gateway(path, log_dir=tmp / "logs")
-        self.gateway.start()
-        try:
-            self.gateway.wait_ready(timeout=45)
-        except Exception:
-            self.gateway.stop()
-            raise
+        self.gateway = launch(path)
         self.client = openai.OpenAI(base_url=self.gateway.url + "/v1", api_key=CLIENT_KEY,
                                     max_retries=0, timeout=20)
 

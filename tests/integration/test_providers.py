@@ -17,9 +17,8 @@ import httpx
 import openai
 import pytest
 
-from control_plane.launcher import Gateway
 from sim.gemini import fake_service_account
-from tests.integration.conftest import CLIENT_KEY, free_ports
+from tests.integration.conftest import CLIENT_KEY, free_ports, launch
 
 KINDS = ["openai", "anthropic", "azure_openai", "bedrock", "gemini", "vertex", "vllm", "tgi"]
 #: A 1x1 PNG, as clients send images inline.
@@ -88,13 +87,7 @@ models:
 """
         path = tmp / "providers.yaml"
         path.write_text(config)
-        self.gateway = Gateway(path, log_dir=tmp / "logs")
-        self.gateway.start()
-        try:
-            self.gateway.wait_ready(timeout=60)
-        except Exception:
-            self.gateway.stop()
-            raise
+        self.gateway = launch(path)
         self.openai = openai.OpenAI(base_url=self.gateway.url + "/v1", api_key=CLIENT_KEY,
                                     max_retries=2, timeout=30)
         self.anthropic = anthropic.Anthropic(base_url=self.gateway.url, api_key=CLIENT_KEY,
