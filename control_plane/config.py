@@ -218,6 +218,9 @@ class ExtProcSettings(_Strict):
     #: Envoy waits this long for each ext_proc reply (Envoy's 200 ms default is too short for
     #: large bodies).
     message_timeout_ms: int = Field(default=5000, ge=10)
+    #: Envoy <-> ext_proc over a Unix socket (ext_proc runs beside Envoy); `false` uses TCP on
+    #: address:port (an ext_proc fleet on other hosts).
+    unix_socket: bool = True
 
 
 class Limits(_Strict):

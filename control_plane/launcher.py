@@ -44,12 +44,16 @@ def envoy_binary() -> str:
     return found
 
 
-def render_bootstrap(cfg: GatewayConfig, node_id: str) -> str:
+def render_bootstrap(cfg: GatewayConfig, node_id: str, ext_proc_socket: Path | None = None
+                     ) -> str:
+    endpoint = (f'{{pipe: {{path: "{ext_proc_socket}"}}}}' if ext_proc_socket else
+                f'{{socket_address: {{address: "{cfg.ext_proc.address}", '
+                f'port_value: {cfg.ext_proc.port}}}}}')
     return Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
+        ext_proc_endpoint=endpoint,
         node_id=node_id,
         admin_address=cfg.admin.address, admin_port=cfg.admin.port,
         xds_address=cfg.control_plane.address, xds_port=cfg.control_plane.port,
-        ext_proc_address=cfg.ext_proc.address, ext_proc_port=cfg.ext_proc.port,
     )
 
 
@@ -95,14 +99,17 @@ class Gateway:
             py, "-m", "control_plane.server", "--config", str(self.config_path),
             "--address", cfg.control_plane.address, "--port", str(cfg.control_plane.port),
             "--log-level", self.log_level])
+        socket = self.workdir / "ext_proc.sock" if cfg.ext_proc.unix_socket else None
         self._spawn("ext_proc", [
             py, "-m", "ext_proc.server", "--address", cfg.ext_proc.address,
             "--port", str(cfg.ext_proc.port),
+            *(["--unix-socket", str(socket)] if socket else []),
             "--control-plane", f"{cfg.control_plane.address}:{cfg.control_plane.port}",
             "--metrics-port", str(cfg.ext_proc.metrics_port), "--log-level", self.log_level,
             "--envoy-admin", f"http://{cfg.admin.address}:{cfg.admin.port}"])
         bootstrap = self.workdir / "envoy.yaml"
-        bootstrap.write_text(render_bootstrap(cfg, node_id=f"switchyard-{os.getpid()}"))
+        bootstrap.write_text(render_bootstrap(cfg, node_id=f"switchyard-{os.getpid()}",
+                                              ext_proc_socket=socket))
         self._spawn("envoy", [
             envoy_binary(), "-c", str(bootstrap), "--concurrency", str(cfg.envoy_concurrency),
             "--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "5"])

@@ -611,7 +611,7 @@ def _warm_adapters(routes: Routes) -> None:
 
 async def serve(
     address: str, port: int, control_plane: str, metrics_port: int, node_id: str,
-    envoy_admin: str | None = None,
+    envoy_admin: str | None = None, unix_socket: str | None = None,
 ) -> None:
     routing = RoutingClient(control_plane, node_id, on_update=_warm_adapters)
     watcher = asyncio.create_task(routing.run())
@@ -627,6 +627,8 @@ async def serve(
     processor = ExternalProcessor(routing, health)
     pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
     bound = server.add_insecure_port(f"{address}:{port}")
+    if unix_socket:
+        server.add_insecure_port(f"unix:{unix_socket}")
     await server.start()
     http = await metrics.start_http(address, metrics_port, routing, health)
     syslog.info(
@@ -657,6 +659,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-plane", default="127.0.0.1:18000")
     parser.add_argument("--metrics-port", type=int, default=9464)
     parser.add_argument("--node-id", default=f"ext-proc-{os.getpid()}")
+    parser.add_argument("--unix-socket", default=None,
+                        help="also listen on this Unix socket (Envoy beside ext_proc)")
     parser.add_argument("--envoy-admin", default=None,
                         help="local Envoy admin URL, for outlier/circuit-breaker state")
     parser.add_argument("--log-level", default="info")
@@ -665,7 +669,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvloop
 
     uvloop.run(serve(args.address, args.port, args.control_plane, args.metrics_port,
-                     args.node_id, args.envoy_admin))
+                     args.node_id, args.envoy_admin, args.unix_socket))
 
 
 if __name__ == "__main__":

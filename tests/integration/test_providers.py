@@ -78,7 +78,8 @@ class ProvidersGateway:
 listen: {{address: 127.0.0.1, port: {p['listen']}}}
 admin: {{address: 127.0.0.1, port: {p['admin']}}}
 control_plane: {{address: 127.0.0.1, port: {p['xds']}}}
-ext_proc: {{address: 127.0.0.1, port: {p['ext_proc']}, metrics_port: {p['metrics']}}}
+# TCP between Envoy and ext_proc here (the other suites use the default Unix socket).
+ext_proc: {{address: 127.0.0.1, port: {p['ext_proc']}, metrics_port: {p['metrics']}, unix_socket: false}}
 envoy_concurrency: 1
 providers:
 {providers}
