@@ -46,6 +46,7 @@ from .openai import (
     TranslationError,
     cache_usage,
     content_parts,
+    context_overflow,
     error_body,
     json_error,
     max_tokens_of,
@@ -646,7 +647,11 @@ def _error_fields(status: int, body: bytes) -> tuple[str, str, str | None]:
     if err is not None:
         type_, code = _map_error(status, err.get("type"))
         msg = err.get("message")
-        return (msg if isinstance(msg, str) else f"upstream error (HTTP {status})"), type_, code
+        if not isinstance(msg, str):
+            return f"upstream error (HTTP {status})", type_, code
+        if type_ == "invalid_request_error" and code is None and context_overflow(msg):
+            code = "context_length_exceeded"  # "prompt is too long: 201234 tokens > 200000"
+        return msg, type_, code
     type_, code = _map_error(status, None)
     return upstream_error_message(status, body), type_, code
 

@@ -31,6 +31,7 @@ from .openai import (
     TranslationError,
     cache_usage,
     content_parts,
+    context_overflow,
     error_body,
     max_tokens_of,
     messages_of,
@@ -103,11 +104,6 @@ _STATUS_TYPES: dict[int, str] = {
 }
 
 # What ValidationExceptions about an over-long prompt say, across the model families.
-_CONTEXT_RE = re.compile(
-    r"too long|too many (?:input )?tokens|context (?:length|window)|maximum context"
-    r"|exceeds? (?:the )?max(?:imum)? (?:number of )?(?:input )?tokens",
-    re.IGNORECASE,
-)
 _IMAGE_FORMATS = {
     "image/png": "png",
     "image/jpeg": "jpeg",
@@ -446,7 +442,7 @@ def _map_error(status: int, etype: str | None, message: str) -> tuple[str, str |
     mapped = _ERRORS.get(key) if key else None
     if mapped is None:
         mapped = status_error(status)
-    if mapped[0] == "invalid_request_error" and _CONTEXT_RE.search(message):
+    if mapped[0] == "invalid_request_error" and context_overflow(message):
         return "invalid_request_error", "context_length_exceeded"
     return mapped
 

@@ -34,6 +34,7 @@ from .openai import (
     SSETranslator,
     TranslationError,
     content_parts,
+    context_overflow,
     error_body,
     max_tokens_of,
     messages_of,
@@ -97,10 +98,6 @@ _STATUS_ERRORS: dict[int, tuple[str, str | None]] = {
     503: ("api_error", "service_unavailable"),
     504: ("api_error", "timeout"),
 }
-_TOO_LONG = re.compile(
-    r"token count.{0,80}exceed|exceeds the maximum number of tokens|too long", re.I | re.S
-)
-
 # reasoning_effort -> thinking budget, as Google's own OpenAI-compatible endpoint maps it.
 _THINKING_BUDGET = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576}
 _MIME_BY_EXT = {
@@ -628,7 +625,7 @@ def _map_error(status: int, err: dict[str, Any]) -> tuple[str, str | None]:
         type_, code = status_error(status)
     if type_ == "invalid_request_error" and code is None:
         msg = err.get("message")
-        if isinstance(msg, str) and _TOO_LONG.search(msg):
+        if isinstance(msg, str) and context_overflow(msg):
             code = "context_length_exceeded"
     return type_, code
 

@@ -13,6 +13,7 @@ stream (`ChunkWriter`) and the feed/finish skeleton of a stream translator
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
@@ -31,6 +32,7 @@ __all__ = [
     "cache_usage",
     "client_wants_usage",
     "content_parts",
+    "context_overflow",
     "error_body",
     "error_event",
     "json_error",
@@ -299,6 +301,20 @@ STATUS_ERRORS: dict[int, tuple[str, str | None]] = {
     404: ("not_found_error", None),
     429: ("rate_limit_error", "rate_limit_exceeded"),
 }
+
+
+_CONTEXT_OVERFLOW = re.compile(
+    r"too long|too many (?:input )?tokens|context (?:length|window)|maximum context"
+    r"|exceeds? (?:the )?max(?:imum)? (?:number of )?(?:input )?tokens"
+    r"|token count.{0,80}exceed",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def context_overflow(message: str) -> bool:
+    """Whether a provider's 400 message says the prompt is over the context window (each
+    provider words it differently; clients expect OpenAI's `context_length_exceeded`)."""
+    return _CONTEXT_OVERFLOW.search(message) is not None
 
 
 def status_error(status: int) -> tuple[str, str | None]:

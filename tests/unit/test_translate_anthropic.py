@@ -1208,3 +1208,14 @@ def test_stream_json_mode_tool_becomes_content() -> None:
     assert got["finish"] == "stop" and conv.finish_reason == "stop"
     for o in objs:
         ChatCompletionChunk.model_validate(o)
+
+
+def test_context_overflow_maps_to_context_length_exceeded() -> None:
+    body = orjson.dumps({"type": "error", "error": {
+        "type": "invalid_request_error",
+        "message": "prompt is too long: 201234 tokens > 200000 maximum"}})
+    err = orjson.loads(error_to_openai(400, body))["error"]
+    assert err["type"] == "invalid_request_error" and err["code"] == "context_length_exceeded"
+    plain = orjson.dumps({"type": "error", "error": {
+        "type": "invalid_request_error", "message": "messages: field required"}})
+    assert orjson.loads(error_to_openai(400, plain))["error"]["code"] is None
