@@ -257,11 +257,10 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         routes = self.routing.routes
         model = routes.models.get(alias)
         if model is None:
-            metrics.REJECTED.labels(reason="model_not_found").inc()
             return self._reject(
                 st, 404, f"The model `{alias}` does not exist or is not served by this gateway",
                 "not_found_error" if st.ingress is INGRESS[MESSAGES_PATH]
-                else "invalid_request_error", "model_not_found", "model")
+                else "invalid_request_error", "model_not_found", "model", model=alias)
         st.body = body
         st.raw = raw_body
         st.model = alias
@@ -269,9 +268,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         try:
             cands = candidates(model, body, self.health)
         except ContextTooLong as exc:
-            metrics.REJECTED.labels(reason="context_length_exceeded").inc()
-            st.status = 400
-            self._finish(st, outcome="rejected_context_length")
             return self._reject(st, 400, str(exc), "invalid_request_error",
                                 "context_length_exceeded", "messages")
         if st.ingress is not INGRESS[CHAT_PATH]:
@@ -307,8 +303,20 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         )
 
     def _reject(self, st: RequestState, status: int, message: str, type_: str,
-                code: str | None, param: str | None = None) -> pb.ProcessingResponse:
-        """An immediate error reply in the client's own (ingress) error schema."""
+                code: str | None, param: str | None = None, *, model: str = "",
+                log_it: bool = True) -> pb.ProcessingResponse:
+        """An immediate error reply in the client's own (ingress) error schema.
+
+        Route-phase rejections get their request log line and reject counter here; the
+        translate phase passes `log_it=False` (its reply reaches the route phase's response
+        path, which logs it)."""
+        if log_it and not st.logged:
+            st.logged = True
+            st.status = status
+            metrics.REJECTED.labels(reason=code or type_).inc()
+            log.info("request", rid=st.rid, model=model or st.model or None, status=status,
+                     outcome="rejected", code=code or type_,
+                     latency_ms=round((time.monotonic() - st.t0) * 1000, 1))
         return _immediate(status, st.ingress.error(message, type_, code, param), code or type_)
 
     def _order_metadata(self, cands: tuple[BackendInfo, ...]) -> struct_pb2.Struct:
@@ -482,14 +490,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     return self._reject(
                         st, 400, f"{backend.provider.kind} backends do not support "
                         f"{', '.join(bad)}", "invalid_request_error", "unsupported_parameter",
-                        bad[0])
+                        bad[0], log_it=False)
                 canonical = params.without(canonical, bad)
                 st.dropped.update(bad)
             try:
                 built = st.ingress.request(canonical, st.raw, backend)
             except TranslationError as exc:
                 return self._reject(st, exc.status, exc.message, "invalid_request_error",
-                                    exc.code, exc.param)
+                                    exc.code, exc.param, log_it=False)
             st.sent_cache[cluster] = built
         path, body, headers = built
         set_headers = [

@@ -116,6 +116,13 @@ def test_unknown_model_is_404(gateway: RunningGateway, client: openai.OpenAI) ->
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
     assert exc.value.code == "model_not_found"
     assert gateway.sim_requests("openai") == [] and gateway.sim_requests("anthropic") == []
+    # Rejections get their request log line and reject counter too.
+    records = [json.loads(ln) for ln in gateway.logs().splitlines() if ln.startswith("{")]
+    assert any(r.get("event") == "request" and r.get("model") == "no-such-model"
+               and r.get("status") == 404 and r.get("outcome") == "rejected"
+               and r.get("code") == "model_not_found" for r in records)
+    metrics = httpx.get(f"http://127.0.0.1:{gateway.ports['metrics']}/metrics").text
+    assert 'switchyard_rejected_total{reason="model_not_found"}' in metrics
 
 
 def test_missing_fields_are_400(client: openai.OpenAI) -> None:
