@@ -94,7 +94,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         for name, p in sorted(cfg.providers.items()):
             if p.simulate is None:
                 continue
-            options = SimOptions(ttft_ms=p.simulate.ttft_ms, tokens_per_s=p.simulate.tokens_per_s)
+            options = SimOptions(**p.simulate.model_dump())
             runners.append(await start_sim(p.kind, name, p.host, p.port, options))
             print(f"sim: {name} ({p.kind}) on {p.base_url}", file=sys.stderr, flush=True)
         stop = asyncio.Event()

@@ -66,6 +66,16 @@ class Simulate(_Strict):
 
     ttft_ms: float = Field(default=20.0, ge=0)
     tokens_per_s: float = Field(default=200.0, ge=0)
+    # Faults from the start (the same fields can change at run time: PUT /_sim/options).
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    error_status: int = Field(default=500, ge=400, le=599)
+    rate_limit: bool = False
+    retry_after_s: int = Field(default=1, ge=0)
+    hang: bool = False
+    slow_first_token_ms: float | None = Field(default=None, ge=0)
+    reset_after_chunks: int | None = Field(default=None, ge=0)
+    truncate_after_chunks: int | None = Field(default=None, ge=1)
+    reply_tokens: int | None = Field(default=None, ge=1)
 
 
 class Health(_Strict):

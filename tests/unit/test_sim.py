@@ -857,3 +857,23 @@ def test_create_app_rejects_unknown_kind() -> None:
         create_app("nope", "x", FAST)
     with pytest.raises(ValueError):
         SimOptions(error_rate=1.5)
+
+
+async def test_faults_from_config_at_start() -> None:
+    """`simulate:` in the gateway config sets faults from the start (as `switchyard sim` does)."""
+    import httpx
+
+    from control_plane.config import parse_config
+
+    cfg = parse_config("providers:\n  p: {kind: openai, base_url: 'http://127.0.0.1:1', "
+                       "simulate: {ttft_ms: 0, error_rate: 1.0, error_status: 503}}\n")
+    sim = cfg.providers["p"].simulate
+    assert sim is not None
+    runner = await start_sim("openai", "p", "127.0.0.1", 0, SimOptions(**sim.model_dump()))
+    try:
+        async with httpx.AsyncClient() as client:
+            r = await client.post(f"{runner.base_url}/v1/chat/completions", json={
+                "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 503 and r.json()["error"]["type"]
+    finally:
+        await runner.cleanup()
