@@ -34,6 +34,13 @@ from google.protobuf import any_pb2, json_format, wrappers_pb2
 from google.protobuf.message import Message
 
 from control_plane.config import Backend, Failover, GatewayConfig, Model, Provider
+from ext_proc.contract import (
+    ATTEMPTS_HEADER,
+    HEDGE_PREFIX,
+    INGRESS_PATHS_REGEX,
+    METADATA_NAMESPACE,
+    MODEL_HEADER,
+)
 from protos import envoy_vendor_pb2, routing_pb2
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -47,21 +54,9 @@ ROUTE_CONFIG_NAME = "switchyard_routes"
 EXT_PROC_CLUSTER = "switchyard_ext_proc"
 XDS_CLUSTER = "switchyard_xds"
 
-#: Headers the route phase sets for Envoy; clients' copies are stripped by the route phase.
-MODEL_HEADER = "x-switchyard-model"
-REQUEST_ID_HEADER = "x-switchyard-rid"
-#: Dynamic metadata (namespace, key) where the route phase puts each request's ordered
-#: candidate list for the priority_group cluster specifier.
-METADATA_NAMESPACE = "switchyard"
-CANDIDATES_KEY = "priority_groups"
 PRIORITY_GROUP_TYPE = ("type.googleapis.com/envoy.extensions.router.cluster_specifiers."
                        "priority_group.v3.PriorityGroupClusterSpecifier")
 
-CHAT_PATH = "/v1/chat/completions"
-MESSAGES_PATH = "/v1/messages"
-EMBEDDINGS_PATH = "/v1/embeddings"
-#: Every ingress API the route phase handles (OpenAI chat, Anthropic Messages, embeddings).
-INGRESS_PATHS_REGEX = r"^/v1/(chat/completions|messages|embeddings)$"
 MODELS_PATH = "/v1/models"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -200,9 +195,6 @@ def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provid
     if provider.tls:
         cluster["transport_socket"] = _tls_socket(provider.host)
     return cluster
-
-
-HEDGE_PREFIX = "hedge."
 
 
 def hedge_cluster_name(alias: str) -> str:
@@ -411,7 +403,7 @@ def _model_route(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, Any]
         # Envoy's own attempt count (connect failures included); ext_proc reads it for
         # logs, metrics and health, and passes it on to the client.
         "response_headers_to_add": [{
-            "header": {"key": "x-switchyard-attempts",
+            "header": {"key": ATTEMPTS_HEADER,
                        "value": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"},
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
         "match": {"safe_regex": {"regex": INGRESS_PATHS_REGEX}, "headers": [

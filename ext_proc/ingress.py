@@ -12,14 +12,15 @@ replies) reaches the client in the schema its SDK parses.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from ext_proc.adapters import ADAPTERS
-from ext_proc.adapters.base import Buffered, Headers, ResponseHandler, Usage
+from ext_proc.adapters import ADAPTERS, ANTHROPIC
+from ext_proc.adapters.base import Buffered, Headers, ResponseHandler, Usage, json_usage, keep
+from ext_proc.contract import CHAT_PATH, EMBEDDINGS_PATH, MESSAGES_PATH
 from ext_proc.table import BackendInfo
-from ext_proc.translate import anthropic, anthropic_ingress, openai
+from ext_proc.translate import anthropic_ingress, openai
 from ext_proc.translate.openai import TranslationError
 
 
@@ -32,6 +33,27 @@ class IngressError(Exception):
         self.type = type_
         self.code = code
         self.param = param
+
+
+class Ingress(Protocol):
+    """One client-facing API: parse into the canonical form, answer in its own schema."""
+
+    name: str
+
+    def error(self, message: str, type_: str, code: str | None, param: str | None
+              ) -> bytes: ...
+
+    def parse(self, body: Any) -> tuple[dict[str, Any], str, bool]: ...
+
+    def serves(self, backend: BackendInfo) -> bool: ...
+
+    def request(self, body: dict[str, Any], raw: dict[str, Any], backend: BackendInfo
+                ) -> tuple[bytes, bytes, Headers]: ...
+
+    def response(self, status: int, content_type: str, body: dict[str, Any],
+                 backend: BackendInfo) -> ResponseHandler: ...
+
+    def local_error(self, status: int, text: str) -> bytes: ...
 
 
 class OpenAIChat:
@@ -118,8 +140,7 @@ class AnthropicMessages:
     def request(self, body: dict[str, Any], raw: dict[str, Any], backend: BackendInfo
                 ) -> tuple[bytes, bytes, Headers]:
         if backend.provider.kind == "anthropic":  # same schema: pass through
-            path, _, headers = _anthropic_surface(backend)
-            return path, anthropic_ingress.rename_model(raw, backend.model), headers
+            return ANTHROPIC.passthrough(raw, backend)
         return ADAPTERS[backend.provider.kind].request(body, backend)
 
     def response(self, status: int, content_type: str, body: dict[str, Any],
@@ -129,33 +150,14 @@ class AnthropicMessages:
             if status < 300 and sse:
                 return _Passthrough(anthropic_ingress.StreamUsageReader(), streaming=True)
             if status < 300:
-                return Buffered(_message_usage, rewrites=False)
-            return Buffered(lambda b: (None, None), rewrites=False)
+                return Buffered(json_usage(anthropic_ingress.usage_of_message), rewrites=False)
+            return Buffered(keep, rewrites=False)
         inner = ADAPTERS[backend.provider.kind].response(status, content_type, body, backend)
         return ToAnthropic(inner, status, backend.model)
 
     def local_error(self, status: int, text: str) -> bytes:
         type_ = "overloaded_error" if status == 503 else "api_error"
         return self.error(f"Gateway error: {text}", type_, None, None)
-
-
-def _anthropic_surface(backend: BackendInfo) -> tuple[bytes, bytes, Headers]:
-    p = backend.provider
-    headers: Headers = [
-        ("content-type", b"application/json"),
-        ("anthropic-version", p.options.get("anthropic_version", anthropic.API_VERSION).encode()),
-    ]
-    if p.api_key:
-        headers.append(("x-api-key", p.api_key.encode()))
-    return (p.path_prefix + "/v1/messages").encode(), b"", headers
-
-
-def _message_usage(body: bytes) -> tuple[bytes | None, Usage]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None, None
-    return None, anthropic_ingress.usage_of_message(data) if isinstance(data, dict) else None
 
 
 class _Passthrough:
@@ -226,10 +228,10 @@ _ANTHROPIC_TYPES = {"invalid_request_error": "invalid_request_error",
                     "authentication_error": "authentication_error",
                     "permission_error": "permission_error", "not_found_error": "not_found_error"}
 
-INGRESS: dict[str, OpenAIChat | AnthropicMessages] = {
-    "/v1/chat/completions": OpenAIChat(),
-    "/v1/messages": AnthropicMessages(),
-    "/v1/embeddings": Embeddings(),
+INGRESS: dict[str, Ingress] = {
+    CHAT_PATH: OpenAIChat(),
+    MESSAGES_PATH: AnthropicMessages(),
+    EMBEDDINGS_PATH: Embeddings(),
 }
 
 

@@ -38,24 +38,26 @@ from google.protobuf import struct_pb2, text_format
 
 from ext_proc import metrics, params
 from ext_proc.adapters import ResponseHandler
-from ext_proc.ingress import INGRESS, IngressError, OpenAIChat
+from ext_proc.contract import (
+    ATTEMPTS_HEADER,
+    CHAT_PATH,
+    HEDGE_PREFIX,
+    INTERNAL_HEADER_PREFIX,
+    MESSAGES_PATH,
+    METADATA_NAMESPACE,
+    MODEL_HEADER,
+    PRIORITY_GROUPS_KEY,
+    REQUEST_ID_HEADER,
+)
+from ext_proc.ingress import INGRESS, Ingress, IngressError
 from ext_proc.select import ContextTooLong, candidates
 from ext_proc.stats import BackendHealth
 from ext_proc.table import BackendInfo, Routes, RoutingClient
 from ext_proc.translate.openai import TranslationError, error_body
 
-Ingress = OpenAIChat | Any  # any object with the OpenAIChat interface (ext_proc/ingress.py)
-CHAT_PATH = "/v1/chat/completions"
-MESSAGES_PATH = "/v1/messages"
-
 log = structlog.get_logger("switchyard.request")
 syslog = structlog.get_logger("switchyard.ext_proc")
 
-MODEL_HEADER = "x-switchyard-model"
-HEDGE_PREFIX = "hedge."
-METADATA_NAMESPACE = "switchyard"
-RID_HEADER = "x-switchyard-rid"
-_INTERNAL_PREFIX = "x-switchyard-"
 #: Client headers that must never reach a provider (the gateway sets its own credentials).
 #: Upstream filters mutate the one header map every attempt of a request shares, so each
 #: attempt strips every credential/provider header any adapter might have set for an earlier
@@ -176,6 +178,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self.routing = routing
         self.health = health or BackendHealth()
         self._order_cache: dict[tuple[str, ...], struct_pb2.Struct] = {}
+        self._strip: tuple[Routes | None, tuple[str, ...]] = (None, _STRIP_UPSTREAM)
         self.inflight: dict[str, RequestState] = {}
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
@@ -220,7 +223,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         for h in msg.headers.headers:
             if h.key == ":path":
                 path = (h.raw_value or h.value.encode()).decode("latin-1").split("?", 1)[0]
-            elif h.key.startswith(_INTERNAL_PREFIX):
+            elif h.key.startswith(INTERNAL_HEADER_PREFIX):
                 internal.append(h.key)
         ingress = INGRESS.get(path)
         if ingress is None:
@@ -290,7 +293,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     header_mutation=pb.HeaderMutation(
                         set_headers=[
                             _hv(MODEL_HEADER, alias.encode()),
-                            _hv(RID_HEADER, st.rid.encode()),
+                            _hv(REQUEST_ID_HEADER, st.rid.encode()),
                             _hv("x-envoy-max-retries", str(retries).encode()),
                             _hv("x-envoy-upstream-rq-per-try-timeout-ms",
                                 str(try_timeout).encode()),
@@ -329,7 +332,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             if len(self._order_cache) > 4096:
                 self._order_cache.clear()
             cached = struct_pb2.Struct()
-            cached.update({METADATA_NAMESPACE: {"priority_groups": [
+            cached.update({METADATA_NAMESPACE: {PRIORITY_GROUPS_KEY: [
                 {"name": c, "clusters": [{"cluster_name": c, "weight": 1}]} for c in key]}})
             self._order_cache[key] = cached
         return cached
@@ -345,13 +348,13 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                                    ",".join(sorted(st.dropped)).encode()))
         # Envoy counts every attempt (the route adds the header), connect failures included,
         # which never reach the translate phase.
-        envoy_attempts = headers.get("x-switchyard-attempts", "")
+        envoy_attempts = headers.get(ATTEMPTS_HEADER, "")
         if envoy_attempts.isdigit():
             self._note_unseen_failures(st, int(envoy_attempts))
             st.attempts = max(st.attempts, int(envoy_attempts))
         if backend is not None:
             set_headers.append(_hv("x-switchyard-backend", backend.label.encode()))
-            set_headers.append(_hv("x-switchyard-attempts", str(st.attempts).encode()))
+            set_headers.append(_hv(ATTEMPTS_HEADER, str(st.attempts).encode()))
         from_upstream = backend is not None and "x-envoy-upstream-service-time" in headers
         handler: ResponseHandler
         if not from_upstream:
@@ -433,11 +436,11 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self, req: pb.ProcessingRequest, rest: AsyncIterator[pb.ProcessingRequest]
     ) -> AsyncIterator[pb.ProcessingResponse]:
         """One attempt: rewrite the request, then watch its response status for health."""
-        backend: list[BackendInfo] = []
-        yield self._attempt(req, backend)
+        reply, backend = self._attempt(req)
+        yield reply
         async for msg in rest:
-            if msg.WhichOneof("request") == "response_headers" and backend:
-                self._attempt_answered(backend[0], msg.response_headers)
+            if msg.WhichOneof("request") == "response_headers" and backend is not None:
+                self._attempt_answered(backend, msg.response_headers)
                 yield _CONTINUE_RESPONSE_HEADERS
             else:
                 yield pb.ProcessingResponse()
@@ -456,31 +459,33 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         else:
             self.health.record(backend.cluster, status[:1] == b"5")
 
-    def _attempt(self, req: pb.ProcessingRequest, out: list[BackendInfo]
-                 ) -> pb.ProcessingResponse:
+    def _attempt(self, req: pb.ProcessingRequest
+                 ) -> tuple[pb.ProcessingResponse, BackendInfo | None]:
+        """The rewritten request for this attempt, and the backend it goes to (None when the
+        attempt is answered here instead)."""
         attrs = req.attributes.get(_ATTR_NS)
         cluster = attrs.fields["xds.cluster_name"].string_value if attrs else ""
         rid = ""
         for h in req.request_headers.headers.headers:
-            if h.key == RID_HEADER:
+            if h.key == REQUEST_ID_HEADER:
                 rid = (h.raw_value or h.value.encode()).decode()
                 break
         st = self.inflight.get(rid)
         if st is None:
             return _error(
                 500, "Request state not found for this attempt", "api_error", "internal_error"
-            )
+            ), None
         if cluster.startswith(HEDGE_PREFIX) and attrs is not None:
             cluster = _host_backend(attrs.fields["xds.upstream_host_metadata"].string_value)
         backend = next((b for b in st.candidates if b.cluster == cluster), None)
         if backend is None:
             backend = self.routing.routes.clusters.get(cluster)
         if backend is None:
-            return _error(502, f"No backend for cluster {cluster}", "api_error", "no_backend")
+            return _error(502, f"No backend for cluster {cluster}", "api_error",
+                          "no_backend"), None
         st.attempts += 1
         st.backend = backend
         st.seen.add(backend.cluster)
-        out.append(backend)
         built = st.sent_cache.get(cluster)
         if built is None:
             canonical = st.body
@@ -490,14 +495,14 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     return self._reject(
                         st, 400, f"{backend.provider.kind} backends do not support "
                         f"{', '.join(bad)}", "invalid_request_error", "unsupported_parameter",
-                        bad[0], log_it=False)
+                        bad[0], log_it=False), backend
                 canonical = params.without(canonical, bad)
                 st.dropped.update(bad)
             try:
                 built = st.ingress.request(canonical, st.raw, backend)
             except TranslationError as exc:
                 return self._reject(st, exc.status, exc.message, "invalid_request_error",
-                                    exc.code, exc.param, log_it=False)
+                                    exc.code, exc.param, log_it=False), backend
             st.sent_cache[cluster] = built
         path, body, headers = built
         set_headers = [
@@ -513,13 +518,20 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     status=pb.CommonResponse.CONTINUE_AND_REPLACE,
                     header_mutation=pb.HeaderMutation(
                         set_headers=set_headers,
-                        remove_headers=[*_STRIP_UPSTREAM,
-                                        *self.routing.routes.static_header_names]
+                        remove_headers=self._strip_headers()
                     ),
                     body_mutation=pb.BodyMutation(body=body),
                 )
             )
-        )
+        ), backend
+
+    def _strip_headers(self) -> tuple[str, ...]:
+        """Headers each attempt removes: credentials any adapter sets, and every provider's
+        static headers (built once per routing table, not per attempt)."""
+        routes = self.routing.routes
+        if self._strip[0] is not routes:
+            self._strip = (routes, (*_STRIP_UPSTREAM, *routes.static_header_names))
+        return self._strip[1]
 
     # -- accounting -------------------------------------------------------------------------
     def _finish(self, st: RequestState, outcome: str = "completed") -> None:

@@ -14,9 +14,10 @@ from ext_proc.adapters.bedrock import BedrockAdapter
 from ext_proc.adapters.gemini import GeminiAdapter, VertexAdapter
 from ext_proc.adapters.openai import OpenAIAdapter
 
+ANTHROPIC = AnthropicAdapter()
 ADAPTERS: dict[str, Adapter] = {
     "openai": OpenAIAdapter(),
-    "anthropic": AnthropicAdapter(),
+    "anthropic": ANTHROPIC,
     "bedrock": BedrockAdapter(),
     "gemini": GeminiAdapter(),
     "vertex": VertexAdapter(),
@@ -25,4 +26,4 @@ ADAPTERS: dict[str, Adapter] = {
     "tgi": OpenAIAdapter(),
 }
 
-__all__ = ["ADAPTERS", "Adapter", "ResponseHandler"]
+__all__ = ["ADAPTERS", "ANTHROPIC", "Adapter", "ResponseHandler"]

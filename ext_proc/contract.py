@@ -1,0 +1,28 @@
+"""Names the compiled Envoy config and the ext_proc server must agree on, kept in one place.
+
+The control plane writes them into routes and filters; the route and translate phases read
+and set them at run time. A mismatch would silently break routing, so both import them here.
+"""
+
+from __future__ import annotations
+
+#: Ingress APIs (the route phase parses each; the model routes match them all).
+CHAT_PATH = "/v1/chat/completions"
+MESSAGES_PATH = "/v1/messages"
+EMBEDDINGS_PATH = "/v1/embeddings"
+INGRESS_PATHS_REGEX = r"^/v1/(chat/completions|messages|embeddings)$"
+
+#: Headers the route phase sets for Envoy (clients' copies are stripped).
+INTERNAL_HEADER_PREFIX = "x-switchyard-"
+MODEL_HEADER = "x-switchyard-model"
+REQUEST_ID_HEADER = "x-switchyard-rid"
+#: Response header with the attempt count (Envoy writes its own count, ext_proc passes it on).
+ATTEMPTS_HEADER = "x-switchyard-attempts"
+
+#: Dynamic metadata (namespace, key) carrying a request's ordered candidates for the
+#: priority_group cluster specifier.
+METADATA_NAMESPACE = "switchyard"
+PRIORITY_GROUPS_KEY = "priority_groups"
+
+#: Cluster-name prefix of a hedged model's priority cluster.
+HEDGE_PREFIX = "hedge."
