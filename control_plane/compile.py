@@ -77,9 +77,14 @@ class Snapshot:
     summary: list[str] = field(default_factory=list)
 
 
+def _safe(name: str) -> str:
+    """A cluster name Envoy stats print unambiguously."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
 def cluster_name(backend: Backend) -> str:
     """One Envoy cluster per (provider, upstream model): stats and health are per backend."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{backend.provider}.{backend.model}")
+    return _safe(f"{backend.provider}.{backend.model}")
 
 
 def _is_ip(host: str) -> bool:
@@ -176,7 +181,7 @@ def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provid
             "max_ejection_time": f"{max(provider.health.ejection_s, 300.0):.3f}s",
             "max_ejection_percent": 100,
         },
-        "metadata": {"filter_metadata": {"switchyard": {
+        "metadata": {"filter_metadata": {METADATA_NAMESPACE: {
             "provider": provider_name, "kind": provider.kind, "model": backend.model}}},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -198,7 +203,7 @@ def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provid
 
 
 def hedge_cluster_name(alias: str) -> str:
-    return HEDGE_PREFIX + re.sub(r"[^A-Za-z0-9_.-]", "_", alias)
+    return HEDGE_PREFIX + _safe(alias)
 
 
 def _hedge_cluster(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, Any]:
@@ -214,7 +219,7 @@ def _hedge_cluster(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, An
     providers = [cfg.providers[b.provider] for b in model.backends]
     endpoints = []
     for priority, (b, p) in enumerate(zip(model.backends, providers, strict=True)):
-        meta: dict[str, Any] = {"switchyard": {"cluster": cluster_name(b)}}
+        meta: dict[str, Any] = {METADATA_NAMESPACE: {"cluster": cluster_name(b)}}
         if p.tls:
             meta["envoy.transport_socket_match"] = {"tls_host": p.host}
         endpoints.append({"priority": priority, "lb_endpoints": [{
@@ -223,7 +228,7 @@ def _hedge_cluster(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, An
             "metadata": {"filter_metadata": meta}}]})
     cluster["load_assignment"] = {"cluster_name": name, "endpoints": endpoints}
     cluster["type"] = "STATIC" if all(_is_ip(p.host) for p in providers) else "STRICT_DNS"
-    cluster["metadata"] = {"filter_metadata": {"switchyard": {"hedge_for": alias}}}
+    cluster["metadata"] = {"filter_metadata": {METADATA_NAMESPACE: {"hedge_for": alias}}}
     cluster.pop("transport_socket", None)
     tls_hosts = sorted({p.host for p in providers if p.tls})
     if tls_hosts:

@@ -363,12 +363,19 @@ def parse_config(text: str, file: str = "<config>") -> GatewayConfig:
         raise ConfigError(file, _line_for(loc, lines), _dotted(loc), message) from None
 
 
-def load_config(path: str | Path) -> GatewayConfig:
+def load_config(path: str | Path, data: bytes | None = None) -> GatewayConfig:
+    """Load a config file; `data` is its content when the caller already read it."""
     path = Path(path)
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(str(path), None, "", f"cannot read config: {exc.strerror}"
+                              ) from None
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), None, "", f"cannot read config: {exc.strerror}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), None, "", "config is not valid UTF-8") from None
     return parse_config(text, str(path))
 
 

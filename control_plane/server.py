@@ -48,8 +48,6 @@ class ControlPlane:
         self.routing_store = RoutingTableStore()
         self.snapshot: Snapshot | None = None
         self._digest = ""
-        self.reloads = 0
-        self.rejected = 0
         #: cluster name -> (resource, monotonic expiry) of clusters removed by a reload.
         self._retired: dict[str, tuple[Message, float]] = {}
         #: model route name -> (route, monotonic expiry) of routes removed by a reload.
@@ -62,19 +60,19 @@ class ControlPlane:
             return None
         return hashlib.sha256(data).hexdigest(), data
 
-    async def load(self) -> bool:
-        """Load, validate and compile the file; publish if good. True if a new snapshot went out."""
-        read = self._read()
+    async def load(self, read: tuple[str, bytes] | None = None) -> bool:
+        """Load, validate and compile the file (or the content `watch` just read); publish if
+        good. True if a new snapshot went out."""
+        read = read or self._read()
         if read is None:
             log.error("config file unreadable; keeping last good config",
                       file=str(self.config_path))
             return False
-        digest, _ = read
+        digest, data = read
         self._digest = digest
         try:
-            snapshot = compile_config(load_config(self.config_path))
+            snapshot = compile_config(load_config(self.config_path, data))
         except ConfigError as exc:
-            self.rejected += 1
             log.error("invalid config rejected; last good config keeps serving",
                       error=str(exc), file=exc.file, line=exc.line, field=exc.field,
                       serving_version=self.snapshot.version if self.snapshot else None)
@@ -137,7 +135,6 @@ class ControlPlane:
         is only handed to ext_proc once Envoy can route it."""
         previous = self.snapshot
         self.snapshot = snapshot
-        self.reloads += 1
         if previous is not None:
             self._retire(previous, snapshot)
         view = self._envoy_view(snapshot)
@@ -155,13 +152,13 @@ class ControlPlane:
             await asyncio.sleep(POLL_INTERVAL_S)
             if (self._retired or self._retired_routes) and self.snapshot is not None:
                 now = time.monotonic()
-                expiries = [e for _, e in [*self._retired.values(), *self._retired_routes.values()]]
-                if any(exp <= now for exp in expiries):
+                retired = [*self._retired.values(), *self._retired_routes.values()]
+                if any(expiry <= now for _, expiry in retired):
                     await self.envoy_store.set(self._envoy_view(self.snapshot))
             read = self._read()
             if read is not None and read[0] != self._digest:
                 log.info("config file changed", file=str(self.config_path))
-                await self.load()
+                await self.load(read)
 
 
 async def serve(config_path: Path, address: str, port: int) -> None:

@@ -602,7 +602,7 @@ def _host_backend(text: str) -> str:
         text_format.Parse(text, meta)
     except text_format.ParseError:
         return ""
-    fields = meta.filter_metadata["switchyard"].fields
+    fields = meta.filter_metadata[METADATA_NAMESPACE].fields
     return fields["cluster"].string_value if "cluster" in fields else ""
 
 
