@@ -6,11 +6,8 @@ benchmark leaves no simulator or Envoy behind holding ports.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,27 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-_PR_SET_PDEATHSIG = 1
+# Shared with the gateway launcher; re-exported for the other bench modules.
+from control_plane.launcher import die_with_parent as die_with_parent
+from control_plane.launcher import free_ports as free_ports
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when the benchmark process dies."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (bound together so they cannot repeat)."""
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def cpu_seconds(pid: int) -> float:

@@ -109,12 +109,8 @@ def _ext_proc_disabled() -> dict[str, Any]:
     return {"envoy.filters.http.ext_proc": {"@type": _EXT_PROC_PER_ROUTE, "disabled": True}}
 
 
-def _upstream_ext_proc(cfg: GatewayConfig, host_metadata: bool = False) -> dict[str, Any]:
-    """Translate phase: runs once per attempt inside the cluster, headers only.
-
-    The body is replaced from the route phase's in-memory copy (CONTINUE_AND_REPLACE), so
-    Envoy never streams the request body to Python a second time.
-    """
+def _ext_proc_filter(cfg: GatewayConfig, **settings: Any) -> dict[str, Any]:
+    """An ext_proc filter talking to our ext_proc server; fails closed (no Python, no route)."""
     return {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
@@ -122,20 +118,32 @@ def _upstream_ext_proc(cfg: GatewayConfig, host_metadata: bool = False) -> dict[
             "grpc_service": {"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}},
             "failure_mode_allow": False,
             "message_timeout": _ms(cfg.ext_proc.message_timeout_ms),
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "request_body_mode": "NONE",
-                "request_trailer_mode": "SKIP",
-                # Per-attempt status (429 retry-after, failures) feeds backend health.
-                "response_header_mode": "SEND",
-                "response_body_mode": "NONE",
-                "response_trailer_mode": "SKIP",
-            },
-            "request_attributes": ["xds.cluster_name"]
-            + (["xds.upstream_host_metadata"] if host_metadata else []),
-            "mutation_rules": {"allow_all_routing": True},
+            **settings,
         },
     }
+
+
+def _upstream_ext_proc(cfg: GatewayConfig, host_metadata: bool = False) -> dict[str, Any]:
+    """Translate phase: runs once per attempt inside the cluster, headers only.
+
+    The body is replaced from the route phase's in-memory copy (CONTINUE_AND_REPLACE), so
+    Envoy never streams the request body to Python a second time.
+    """
+    return _ext_proc_filter(
+        cfg,
+        processing_mode={
+            "request_header_mode": "SEND",
+            "request_body_mode": "NONE",
+            "request_trailer_mode": "SKIP",
+            # Per-attempt status (429 retry-after, failures) feeds backend health.
+            "response_header_mode": "SEND",
+            "response_body_mode": "NONE",
+            "response_trailer_mode": "SKIP",
+        },
+        request_attributes=["xds.cluster_name"]
+        + (["xds.upstream_host_metadata"] if host_metadata else []),
+        mutation_rules={"allow_all_routing": True},
+    )
 
 
 def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provider,
@@ -263,28 +271,22 @@ def _tls_socket(host: str, alpn: tuple[str, ...] = ("h2", "http/1.1")) -> dict[s
 
 def _listener(cfg: GatewayConfig) -> dict[str, Any]:
     """Route phase: ext_proc sees headers + the buffered body, then the router picks a cluster."""
-    route_phase = {
-        "name": "envoy.filters.http.ext_proc",
-        "typed_config": {
-            "@type": _EXT_PROC,
-            "grpc_service": {"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}},
-            "failure_mode_allow": False,
-            "message_timeout": _ms(cfg.ext_proc.message_timeout_ms),
-            "max_message_timeout": _ms(max(cfg.ext_proc.message_timeout_ms, 30_000)),
-            "allow_mode_override": True,
-            # The route phase hands the router each request's candidate order here.
-            "metadata_options": {"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
-            "processing_mode": {
-                "request_header_mode": "SEND",
-                "request_body_mode": "BUFFERED",
-                "request_trailer_mode": "SKIP",
-                "response_header_mode": "SEND",
-                # Overridden per response at response-headers time: BUFFERED for JSON.
-                "response_body_mode": "STREAMED",
-                "response_trailer_mode": "SKIP",
-            },
+    route_phase = _ext_proc_filter(
+        cfg,
+        max_message_timeout=_ms(max(cfg.ext_proc.message_timeout_ms, 30_000)),
+        allow_mode_override=True,
+        # The route phase hands the router each request's candidate order here.
+        metadata_options={"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
+        processing_mode={
+            "request_header_mode": "SEND",
+            "request_body_mode": "BUFFERED",
+            "request_trailer_mode": "SKIP",
+            "response_header_mode": "SEND",
+            # Overridden per response at response-headers time: BUFFERED for JSON.
+            "response_body_mode": "STREAMED",
+            "response_trailer_mode": "SKIP",
         },
-    }
+    )
     too_large = _error_json("Request body too large", "invalid_request_error", "request_too_large")
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."

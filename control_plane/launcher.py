@@ -11,6 +11,7 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,9 +29,23 @@ BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstr
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """preexec_fn (runs in the child between fork and exec): SIGTERM when the parent dies."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (bound together so they cannot repeat)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def envoy_binary() -> str:
@@ -87,7 +102,7 @@ class Gateway:
             self._files.append(f)
             out = f
         self.procs[name] = subprocess.Popen(
-            args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def start(self) -> None:
         py = sys.executable

@@ -3,7 +3,6 @@ the provider simulator, as separate processes on free loopback ports."""
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,23 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from control_plane.launcher import Gateway
+from control_plane.launcher import Gateway, free_ports
 
 OPENAI_KEY = "sk-test-openai-SECRET-1111"
 ANTHROPIC_KEY = "sk-ant-test-SECRET-2222"
 CLIENT_KEY = "client-gateway-key-3333"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def render_config(ports: dict[str, int], models: str | None = None, extra: str = "",
