@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import time
 
 import aiohttp
 import orjson
 import structlog
+
+from ext_proc import metrics
 
 log = structlog.get_logger("switchyard.ext_proc.stats")
 
@@ -71,8 +74,12 @@ class BackendHealth:
         """Honour a 429's retry-after (seconds or HTTP date; capped)."""
         seconds = default_s
         if retry_after:
-            with contextlib.suppress(ValueError):
+            try:
                 seconds = float(retry_after)
+            except ValueError:
+                with contextlib.suppress(TypeError, ValueError):
+                    when = email.utils.parsedate_to_datetime(retry_after)
+                    seconds = when.timestamp() - time.time()
         self.cooling[cluster] = time.monotonic() + min(max(seconds, 0.0), MAX_COOLDOWN_S)
 
     def apply_envoy(self, clusters_json: bytes, stats_json: bytes) -> None:
@@ -89,8 +96,6 @@ class BackendHealth:
                 open_.add(name[len("cluster."):-len(".circuit_breakers.default.rq_open")])
         if ejected != self.ejected:
             log.info("outlier ejections changed", ejected=sorted(ejected))
-            from ext_proc import metrics
-
             for cluster in ejected - self.ejected:
                 metrics.EJECTIONS.labels(cluster).inc()
         self.ejected = frozenset(ejected)
