@@ -27,7 +27,6 @@ from pydantic import (
 #: Provider kinds the gateway can translate to. Each has one module in ext_proc/translate.
 ProviderKind = Literal["openai", "anthropic", "azure_openai", "bedrock", "gemini", "vertex",
                        "vllm", "tgi"]
-PROVIDER_KINDS: tuple[str, ...] = ProviderKind.__args__  # type: ignore[attr-defined]
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
 

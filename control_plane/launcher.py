@@ -23,6 +23,7 @@ from pathlib import Path
 from string import Template
 from typing import IO
 
+from control_plane.compile import EXT_PROC_CLUSTER, XDS_CLUSTER
 from control_plane.config import GatewayConfig, load_config
 
 BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
@@ -66,6 +67,7 @@ def render_bootstrap(cfg: GatewayConfig, node_id: str, ext_proc_socket: Path | N
                 f'port_value: {cfg.ext_proc.port}}}}}')
     return Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
         ext_proc_endpoint=endpoint,
+        ext_proc_cluster=EXT_PROC_CLUSTER, xds_cluster=XDS_CLUSTER,
         node_id=node_id,
         admin_address=cfg.admin.address, admin_port=cfg.admin.port,
         xds_address=cfg.control_plane.address, xds_port=cfg.control_plane.port,

@@ -44,12 +44,10 @@ class RoutingTableStore:
 class RoutingService(routing_pb2_grpc.RoutingServiceServicer):
     def __init__(self, store: RoutingTableStore) -> None:
         self._store = store
-        self.watchers = 0
 
     async def Watch(
         self, request: routing_pb2.WatchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[routing_pb2.RoutingTable]:
-        self.watchers += 1
         log.info("ext_proc watching routing table", node=request.node_id)
         version: str | None = None
         try:
@@ -58,6 +56,4 @@ class RoutingService(routing_pb2_grpc.RoutingServiceServicer):
                 version = table.version
                 yield table
         except asyncio.CancelledError:
-            pass
-        finally:
-            self.watchers -= 1
+            log.info("ext_proc stopped watching", node=request.node_id)
