@@ -318,5 +318,5 @@ def test_hedged_model_answers_from_fast_backend(fo: FailoverGateway) -> None:
         elapsed = time.monotonic() - t0
         assert headers["x-switchyard-backend"] == "spare/gpt-fast"
         assert text.startswith("Simulated reply from spare")
-        assert elapsed < 2.5, elapsed
+        assert elapsed < 4.5, elapsed  # the slow backend alone takes 5 s
     assert len(fo.requests("primary")) >= 2  # the slow first attempt was really made

@@ -156,7 +156,9 @@ async def test_get_never_blocks(sources: list[GoogleTokenSource]) -> None:
     started = time.perf_counter()
     for _ in range(1000):
         assert src.get() is None
-    assert time.perf_counter() - started < 0.05  # 1000 reads while a refresh is stuck
+    # 1000 reads while a refresh is stuck (blocking reads would wait for the stuck refresh;
+    # the bound only separates "returned at once" from that, whatever the machine's load).
+    assert time.perf_counter() - started < 1.0
     creds.gate.set()
     assert await wait_for(src.get) == "fake-token-1"
     # The next refresh (at 1 s of a 2 s lifetime) hangs too: the cached token is still served.
@@ -164,7 +166,7 @@ async def test_get_never_blocks(sources: list[GoogleTokenSource]) -> None:
     await wait_for(lambda: creds.calls == 2 and creds.in_refresh.is_set())
     started = time.perf_counter()
     assert src.get() == "fake-token-1"
-    assert time.perf_counter() - started < 0.01
+    assert time.perf_counter() - started < 1.0
     creds.gate.set()
     assert await wait_for(lambda: src.get() == "fake-token-2")
 

@@ -820,8 +820,10 @@ async def test_streaming_timing() -> None:
         )
         arrivals = [time.perf_counter() - started async for _ in stream]
         # First token after ~ttft; the 10 further tokens take ~10 / 100 tokens per second.
-        assert 0.09 <= arrivals[0] < 0.5
-        assert 0.09 <= arrivals[-1] - arrivals[0] < 0.6
+        # Lower bounds prove the pacing; the upper ones only catch runaway delays (a loaded
+        # 2-core CI machine must not fail them).
+        assert 0.09 <= arrivals[0] < 3.0
+        assert 0.09 <= arrivals[-1] - arrivals[0] < 3.0
     finally:
         await runner.cleanup()
 
@@ -847,7 +849,7 @@ async def test_hang_ends_on_shutdown() -> None:
         await asyncio.sleep(0.01)
     started = time.perf_counter()
     await runner.cleanup()
-    assert time.perf_counter() - started < 1.5
+    assert time.perf_counter() - started < 5.0  # well below the client's 10 s timeout
     with pytest.raises(anthropic.APIConnectionError):
         await call
 
