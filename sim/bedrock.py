@@ -20,7 +20,7 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from ext_proc.translate.eventstream import encode
+from switchyard.framing.eventstream import encode
 from sim.common import (
     INVALID_JSON,
     BodyHandler,

@@ -32,7 +32,7 @@ import orjson
 
 from . import anthropic
 from .openai import SSETranslator, TranslationError, json_error, upstream_error_message
-from .sse import SSEEvent, SSEParser, parse_frame
+from switchyard.framing.sse import SSEEvent, SSEParser, parse_frame
 
 __all__ = [
     "PATH",

@@ -23,7 +23,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from .eventstream import EventStreamDecoder, EventStreamError, Message
+from switchyard.framing.eventstream import EventStreamDecoder, EventStreamError, Message
 from .openai import (
     DONE_FRAME,
     ChunkWriter,

@@ -46,7 +46,7 @@ from .openai import (
     unsupported_part,
     upstream_error_message,
 )
-from .sse import SSEEvent
+from switchyard.framing.sse import SSEEvent
 
 __all__ = [
     "StreamToOpenAI",

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from .sse import SSEEvent, SSEParser, parse_frame
+from switchyard.framing.sse import SSEEvent, SSEParser, parse_frame
 
 __all__ = [
     "STATUS_ERRORS",

@@ -26,7 +26,7 @@ from ext_proc.adapters.openai import OpenAIAdapter
 from ext_proc.table import BackendInfo, ProviderInfo
 from ext_proc.translate.bedrock import sign
 from ext_proc.translate.openai import TranslationError
-from ext_proc.translate.sse import SSEParser
+from switchyard.framing.sse import SSEParser
 from sim.common import SimOptions
 from sim.server import SimRunner, start_sim
 

@@ -10,7 +10,7 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ext_proc.translate.eventstream import EventStreamDecoder, EventStreamError, Message, encode
+from switchyard.framing.eventstream import EventStreamDecoder, EventStreamError, Message, encode
 
 EVENT: dict[str, str] = {":event-type": "contentBlockDelta", ":content-type": "application/json",
          ":message-type": "event"}

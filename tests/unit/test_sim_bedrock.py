@@ -18,8 +18,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from ext_proc.adapters.bedrock import BedrockAdapter
 from ext_proc.table import BackendInfo, ProviderInfo
 from ext_proc.translate import bedrock
-from ext_proc.translate.eventstream import EventStreamDecoder
-from ext_proc.translate.sse import SSEParser
+from switchyard.framing.eventstream import EventStreamDecoder
+from switchyard.framing.sse import SSEParser
 from sim.common import SimOptions
 from sim.server import SimRunner, start_sim
 

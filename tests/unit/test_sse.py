@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ext_proc.translate.sse import SSEEvent, SSEParser, encode, parse_frame
+from switchyard.framing.sse import SSEEvent, SSEParser, encode, parse_frame
 
 STREAM = (
     b": keep-alive comment\n\n"

@@ -25,7 +25,7 @@ from ext_proc.translate.anthropic import (
     usage_of,
 )
 from ext_proc.translate.openai import TranslationError
-from ext_proc.translate.sse import SSEParser
+from switchyard.framing.sse import SSEParser
 
 # ---------------------------------------------------------------------------- requests
 

@@ -38,7 +38,7 @@ from ext_proc.translate.anthropic_ingress import (
     validate,
 )
 from ext_proc.translate.openai import TranslationError
-from ext_proc.translate.sse import SSEParser
+from switchyard.framing.sse import SSEParser
 
 EVENT = TypeAdapter(RawMessageStreamEvent)
 

@@ -41,9 +41,9 @@ from ext_proc.translate.bedrock import (
     sign,
     usage_of,
 )
-from ext_proc.translate.eventstream import encode
+from switchyard.framing.eventstream import encode
 from ext_proc.translate.openai import TranslationError
-from ext_proc.translate.sse import SSEParser
+from switchyard.framing.sse import SSEParser
 
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()

@@ -22,7 +22,7 @@ from ext_proc.translate.openai import (
     rewrite_model,
     usage_of,
 )
-from ext_proc.translate.sse import SSEParser
+from switchyard.framing.sse import SSEParser
 
 
 def _chunk(delta: dict[str, object], finish: str | None = None, **extra: object) -> bytes:
