@@ -63,7 +63,7 @@ from bench.run import (
 from bench.targets import CHAT_PATH, Target
 from bench.wrk import MODEL, request_body
 from control_plane.config import GatewayConfig
-from control_plane.launcher import Gateway
+from switchyard.launcher import Gateway
 
 MODELS = ("baseline", "refused", "err500")
 #: model -> (provider of the first backend, the provider that must answer).

@@ -1,6 +1,6 @@
 """Child processes of the benchmark: start with logs in files, always reap, measure CPU.
 
-Every child gets PR_SET_PDEATHSIG (like control_plane/launcher.py), so even a SIGKILLed
+Every child gets PR_SET_PDEATHSIG (like switchyard/launcher.py), so even a SIGKILLed
 benchmark leaves no simulator or Envoy behind holding ports.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import IO
 
 # Shared with the gateway launcher; re-exported for the other bench modules.
-from control_plane.launcher import die_with_parent as die_with_parent
-from control_plane.launcher import free_ports as free_ports
+from switchyard.launcher import die_with_parent as die_with_parent
+from switchyard.launcher import free_ports as free_ports
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -2,7 +2,7 @@
 
 1. the OpenAI simulator alone (ttft 0, no token pacing): the floor;
 2. plain Envoy in front of it (bench/envoy_plain.yaml): what the proxy itself costs;
-3. the full gateway via control_plane.launcher.Gateway: Envoy + two ext_proc phases;
+3. the full gateway via switchyard.launcher.Gateway: Envoy + two ext_proc phases;
 4. optional calibration, `minimal`: plain Envoy + a do-nothing one-phase Python ext_proc
    (bench/envoy_minimal.yaml, bench/ext_proc_minimal.py): the floor of "Python ext_proc".
 
@@ -24,7 +24,7 @@ import orjson
 
 from bench.procs import ProcessGroup, free_ports, http_status, wait_until
 from bench.wrk import MODEL
-from control_plane.launcher import Gateway, envoy_binary
+from switchyard.launcher import Gateway, envoy_binary
 
 _HERE = Path(__file__).resolve().parent
 ENVOY_TEMPLATE = _HERE / "envoy_plain.yaml"

@@ -34,14 +34,14 @@ from google.protobuf import any_pb2, json_format, wrappers_pb2
 from google.protobuf.message import Message
 
 from control_plane.config import Backend, Failover, GatewayConfig, Model, Provider
-from ext_proc.contract import (
+from protos import envoy_vendor_pb2, routing_pb2
+from switchyard.contract import (
     ATTEMPTS_HEADER,
     HEDGE_PREFIX,
     INGRESS_PATHS_REGEX,
     METADATA_NAMESPACE,
     MODEL_HEADER,
 )
-from protos import envoy_vendor_pb2, routing_pb2
 
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"

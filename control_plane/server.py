@@ -27,10 +27,10 @@ from google.protobuf.message import Message
 
 from control_plane.compile import CLUSTER_TYPE, ROUTE_TYPE, Snapshot, compile_config, digest
 from control_plane.config import ConfigError, load_config
-from control_plane.logs import configure_logging
 from control_plane.routing import RoutingService, RoutingTableStore
 from control_plane.xds import AdsServer, SnapshotStore
 from protos import routing_pb2_grpc
+from switchyard.logs import configure_logging
 
 log = structlog.get_logger("switchyard.control_plane")
 

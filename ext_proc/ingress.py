@@ -18,10 +18,10 @@ import orjson
 
 from ext_proc.adapters import ADAPTERS, ANTHROPIC
 from ext_proc.adapters.base import Buffered, Headers, ResponseHandler, Usage, json_usage, keep
-from ext_proc.contract import CHAT_PATH, EMBEDDINGS_PATH, MESSAGES_PATH
 from ext_proc.table import BackendInfo
 from ext_proc.translate import anthropic_ingress, openai
 from ext_proc.translate.openai import TranslationError
+from switchyard.contract import CHAT_PATH, EMBEDDINGS_PATH, MESSAGES_PATH
 
 
 class IngressError(Exception):

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from control_plane.launcher import Gateway, free_ports
+from switchyard.launcher import Gateway, free_ports
 
 OPENAI_KEY = "sk-test-openai-SECRET-1111"
 ANTHROPIC_KEY = "sk-ant-test-SECRET-2222"

@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import free_ports, render_config, wait_until
 
-SWITCHYARD = [sys.executable, "-m", "control_plane.cli"]
+SWITCHYARD = [sys.executable, "-m", "switchyard.cli"]
 
 
 def _children(pid: int) -> set[int]:

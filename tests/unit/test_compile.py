@@ -21,8 +21,8 @@ from control_plane.compile import (
     compile_config,
 )
 from control_plane.config import parse_config
-from control_plane.launcher import envoy_binary
 from protos import envoy_vendor_pb2
+from switchyard.launcher import envoy_binary
 
 CONFIG = """\
 listen: {address: 127.0.0.1, port: 8080}

@@ -110,7 +110,7 @@ class Gateway:
         py = sys.executable
         cfg = self.cfg
         if self.with_sim and any(p.simulate for p in cfg.providers.values()):
-            self._spawn("sim", [py, "-m", "control_plane.cli", "sim", "--config",
+            self._spawn("sim", [py, "-m", "switchyard.cli", "sim", "--config",
                                 str(self.config_path)])
         self._spawn("control_plane", [
             py, "-m", "control_plane.server", "--config", str(self.config_path),

@@ -31,7 +31,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from control_plane.launcher import Gateway
+    from switchyard.launcher import Gateway
 
     try:
         gateway = Gateway(args.config, log_level=args.log_level)
