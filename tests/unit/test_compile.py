@@ -15,13 +15,13 @@ from google.protobuf import json_format
 from control_plane.compile import (
     CLUSTER_TYPE,
     EXT_PROC_CLUSTER,
-    INGRESS_PATHS_REGEX,
     LISTENER_TYPE,
     ROUTE_TYPE,
     compile_config,
 )
 from control_plane.config import parse_config
 from protos import envoy_vendor_pb2
+from switchyard.contract import INGRESS_PATHS_REGEX
 from switchyard.launcher import envoy_binary
 
 CONFIG = """\

@@ -1,0 +1,83 @@
+"""The listener: HTTP connection manager with the route-phase ext_proc filter and the router;
+routes come over RDS (ADS)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2  # noqa: F401  (Any registry)
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from google.protobuf import json_format
+
+from control_plane.compile.names import (
+    LISTENER_NAME,
+    ROUTE_CONFIG_NAME,
+    error_json,
+    ext_proc_filter,
+    seconds,
+)
+from control_plane.config import GatewayConfig
+from switchyard.contract import METADATA_NAMESPACE
+
+
+def listener(cfg: GatewayConfig) -> listener_pb2.Listener:
+    return json_format.ParseDict(_listener(cfg), listener_pb2.Listener())
+
+
+def _listener(cfg: GatewayConfig) -> dict[str, Any]:
+    """Route phase: ext_proc sees headers + the buffered body, then the router picks a cluster."""
+    route_phase = ext_proc_filter(
+        cfg,
+        max_message_timeout=seconds(max(cfg.ext_proc.message_timeout_ms, 30_000)),
+        allow_mode_override=True,
+        # The route phase hands the router each request's candidate order here.
+        metadata_options={"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
+        processing_mode={
+            "request_header_mode": "SEND",
+            "request_body_mode": "BUFFERED",
+            "request_trailer_mode": "SKIP",
+            "response_header_mode": "SEND",
+            # Overridden per response at response-headers time: BUFFERED for JSON.
+            "response_body_mode": "STREAMED",
+            "response_trailer_mode": "SKIP",
+        },
+    )
+    too_large = error_json("Request body too large", "invalid_request_error", "request_too_large")
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
+                 "v3.HttpConnectionManager",
+        "stat_prefix": "switchyard",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "request_timeout": "0s",
+        "stream_idle_timeout": f"{cfg.limits.request_timeout_s:.0f}s",
+        "rds": {"route_config_name": ROUTE_CONFIG_NAME,
+                "config_source": {"ads": {}, "resource_api_version": "V3"}},
+        "local_reply_config": {"mappers": [{
+            "filter": {"status_code_filter": {"comparison": {
+                "op": "EQ", "value": {"default_value": 413, "runtime_key": "sy.413"}}}},
+            "body": {"inline_string": too_large},
+            "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                                     "content_type": "application/json"},
+        }]},
+        "http_filters": [
+            route_phase,
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+    }
+    return {
+        "name": LISTENER_NAME,
+        "address": {"socket_address": {"address": cfg.listen.address,
+                                       "port_value": cfg.listen.port}},
+        # Bodies are buffered for the route phase and for retries: allow the configured max.
+        "per_connection_buffer_limit_bytes": cfg.limits.max_request_bytes,
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}],
+    }
