@@ -45,6 +45,10 @@ _FILLER: Final = tuple(_LOREM.split())
 _QUOTED_WORDS: Final = 8
 
 
+#: What a `malformed` simulator sends instead of a JSON body or event.
+MALFORMED_JSON = b'{"id": "broken", "choices": [{"index": 0, "delta": {"content": "x'
+
+
 @dataclass
 class SimOptions:
     """Latency and fault knobs; all faults are off by default and changeable at run time."""
@@ -66,6 +70,13 @@ class SimOptions:
     truncate_after_chunks: int | None = None
     # Overrides ttft_ms, to make one provider slow without changing the default.
     slow_first_token_ms: float | None = None
+    # Answer 200 with a body nobody can parse (broken JSON; for streams one broken event
+    # after the first), like a provider or middlebox that garbles its answer.
+    malformed: bool = False
+    # Usage reports this many prompt tokens as read from a prompt cache, and this many of the
+    # completion tokens as reasoning (OpenAI wire format), to test pricing of both.
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     # Fixed reply length in tokens; None derives it (24..48) from the prompt.
     reply_tokens: int | None = None
     # How many requests /_sim/requests keeps; 0 turns recording off (long benchmarks).
@@ -91,6 +102,8 @@ class SimOptions:
             ),
             (self.reply_tokens is None or self.reply_tokens >= 1, "reply_tokens must be >= 1"),
             (self.record_limit >= 0, "record_limit must be >= 0"),
+            (self.cached_tokens >= 0, "cached_tokens must be >= 0"),
+            (self.reasoning_tokens >= 0, "reasoning_tokens must be >= 0"),
         )
         for ok, message in checks:
             if not ok:
@@ -459,6 +472,9 @@ class Provider(ABC):
         delay = self.state.options.first_token_ms
         if delay > 0:
             await asyncio.sleep(delay / 1000.0)
+        if self.state.options.malformed:
+            return web.Response(body=MALFORMED_JSON, content_type="application/json",
+                                headers=self.response_headers())
         return json_response(obj, headers=self.response_headers())
 
     def response_headers(self) -> dict[str, str]:
@@ -509,6 +525,9 @@ class Provider(ABC):
                 raise StreamAborted
             for chunk in preamble:
                 await send(chunk)
+            if opts.malformed:
+                await send(b"data: " + MALFORMED_JSON + b"\n\n")
+                raise StreamTruncated
             pacer = Pacer(opts.tokens_per_s)
             for i, chunk in enumerate(tokens):
                 if i:

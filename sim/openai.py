@@ -869,6 +869,11 @@ class OpenAIProvider(Provider):
         )
         finish_reason = "length" if completion.truncated else "stop"
         usage = _usage(completion.prompt_tokens, completion.completion_tokens)
+        opts = self.state.options
+        usage["prompt_tokens_details"]["cached_tokens"] = min(opts.cached_tokens,
+                                                              completion.prompt_tokens)
+        usage["completion_tokens_details"]["reasoning_tokens"] = min(
+            opts.reasoning_tokens, completion.completion_tokens)
         if stream:
             first = {"role": "assistant", "content": "", "refusal": None}
             deltas = ({"content": d} for d in completion.deltas())

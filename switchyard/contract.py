@@ -18,6 +18,10 @@ MODEL_HEADER = "x-switchyard-model"
 REQUEST_ID_HEADER = "x-switchyard-rid"
 #: Response header with the attempt count (Envoy writes its own count, ext_proc passes it on).
 ATTEMPTS_HEADER = "x-switchyard-attempts"
+#: Response header the translate phase adds to its attempt's upstream response, naming the
+#: backend cluster that answered: with hedging the route phase cannot otherwise tell which of
+#: several attempts won (it is removed before the client sees the response).
+ANSWERED_BY_HEADER = "x-switchyard-answered-by"
 
 #: Dynamic metadata (namespace, key) carrying a request's ordered candidates for the
 #: priority_group cluster specifier.

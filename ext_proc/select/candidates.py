@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ext_proc.stats import BackendHealth
+from ext_proc.stats.health import BackendHealth
 from ext_proc.table import BackendInfo, ModelInfo
 
 #: Rough characters per token for the admission-time estimate (no tokenizer on the hot path).

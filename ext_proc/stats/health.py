@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 import structlog
 
-from ext_proc import metrics
+from ext_proc.usage import metrics
 
 log = structlog.get_logger("switchyard.ext_proc.stats")
 

@@ -1,0 +1,243 @@
+"""Envoy's ext_proc protobuf messages in and out; the only module besides server.py that
+knows protobuf. Decisions (`route`, `attempt`, `respond`) are plain data; this turns them
+into `ProcessingResponse`s, and Envoy's messages into plain values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2, text_format
+
+from ext_proc.attempt import Upstream
+from ext_proc.ingress import Ingress
+from ext_proc.respond import BodyMode, BodyReply, HeadersReply
+from ext_proc.route import Forward, Reject
+from ext_proc.table import BackendInfo
+from switchyard.contract import (
+    ANSWERED_BY_HEADER,
+    HEDGE_PREFIX,
+    INTERNAL_HEADER_PREFIX,
+    METADATA_NAMESPACE,
+    MODEL_HEADER,
+    PRIORITY_GROUPS_KEY,
+    REQUEST_ID_HEADER,
+)
+
+ATTR_NS = "envoy.filters.http.ext_proc"
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+CONTINUE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
+EMPTY = pb.ProcessingResponse()
+_MODES = {
+    BodyMode.NONE: processing_mode_pb2.ProcessingMode(
+        response_body_mode=processing_mode_pb2.ProcessingMode.NONE),
+    BodyMode.BUFFERED: processing_mode_pb2.ProcessingMode(
+        response_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED),
+    BodyMode.STREAMED: processing_mode_pb2.ProcessingMode(
+        response_body_mode=processing_mode_pb2.ProcessingMode.STREAMED),
+}
+
+
+def hv(key: str, value: bytes) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value), append_action=_OVERWRITE
+    )
+
+
+def _hvs(pairs: Iterable[tuple[str, bytes]]) -> list[base_pb2.HeaderValueOption]:
+    return [hv(k, v) for k, v in pairs]
+
+
+# -- Envoy -> plain values -------------------------------------------------------------------
+def headers(msg: pb.HttpHeaders) -> dict[str, str]:
+    return {
+        h.key: (h.raw_value.decode("latin-1") if h.raw_value else h.value)
+        for h in msg.headers.headers
+    }
+
+
+def request_line(msg: pb.HttpHeaders) -> tuple[str, list[str]]:
+    """(path, client-sent internal headers to strip) of a route-phase request."""
+    path = ""
+    internal = []
+    for h in msg.headers.headers:
+        if h.key == ":path":
+            path = (h.raw_value or h.value.encode()).decode("latin-1")
+        elif h.key.startswith(INTERNAL_HEADER_PREFIX):
+            internal.append(h.key)
+    return path, internal
+
+
+def attempt_target(req: pb.ProcessingRequest) -> tuple[str, str]:
+    """(request id, backend cluster) of a translate-phase attempt.
+
+    A hedged model's attempts go to its priority cluster; the backend is named by the picked
+    endpoint's metadata, which Envoy sends as protobuf text format."""
+    attrs = req.attributes.get(ATTR_NS)
+    cluster = attrs.fields["xds.cluster_name"].string_value if attrs else ""
+    rid = ""
+    for h in req.request_headers.headers.headers:
+        if h.key == REQUEST_ID_HEADER:
+            rid = (h.raw_value or h.value.encode()).decode()
+            break
+    if cluster.startswith(HEDGE_PREFIX) and attrs is not None:
+        cluster = host_backend(attrs.fields["xds.upstream_host_metadata"].string_value)
+    return rid, cluster
+
+
+def host_backend(text: str) -> str:
+    """Backend cluster named by an endpoint's metadata (hedge clusters hold several backends)."""
+    meta = base_pb2.Metadata()
+    try:
+        text_format.Parse(text, meta)
+    except text_format.ParseError:
+        return ""
+    fields = meta.filter_metadata[METADATA_NAMESPACE].fields
+    return fields["cluster"].string_value if "cluster" in fields else ""
+
+
+def status_and_retry_after(msg: pb.HttpHeaders) -> tuple[bytes, str | None]:
+    status = b""
+    retry_after = None
+    for h in msg.headers.headers:
+        if h.key == ":status":
+            status = h.raw_value or h.value.encode()
+        elif h.key == "retry-after":
+            retry_after = (h.raw_value or h.value.encode()).decode("latin-1")
+    return status, retry_after
+
+
+# -- plain decisions -> Envoy ----------------------------------------------------------------
+def immediate(status: int, body: bytes, details: str,
+              extra: tuple[tuple[str, bytes], ...] = ()) -> pb.ProcessingResponse:
+    hs = [hv("content-type", b"application/json"), *_hvs(extra)]
+    return pb.ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=status),  # type: ignore[arg-type]
+            headers=pb.HeaderMutation(set_headers=hs),
+            body=body,
+            details=details,
+        )
+    )
+
+
+def reject(ingress: Ingress, r: Reject) -> pb.ProcessingResponse:
+    """An immediate error reply in the client's own (ingress) error schema."""
+    return immediate(r.status, ingress.error(r.message, r.type, r.code, r.param),
+                     r.code or r.type)
+
+
+def strip_internal(names: list[str]) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(request_headers=pb.HeadersResponse(
+        response=pb.CommonResponse(header_mutation=pb.HeaderMutation(remove_headers=names))))
+
+
+class OrderMetadata:
+    """Dynamic metadata for the priority_group specifier: attempt k -> candidate k.
+
+    Cached per distinct order: there are only a few per model."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, ...], struct_pb2.Struct] = {}
+
+    def of(self, cands: tuple[BackendInfo, ...]) -> struct_pb2.Struct:
+        key = tuple(c.cluster for c in cands)
+        cached = self._cache.get(key)
+        if cached is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            cached = struct_pb2.Struct()
+            cached.update({METADATA_NAMESPACE: {PRIORITY_GROUPS_KEY: [
+                {"name": c, "clusters": [{"cluster_name": c, "weight": 1}]} for c in key]}})
+            self._cache[key] = cached
+        return cached
+
+
+def forward(f: Forward, alias: str, rid: str, order: OrderMetadata) -> pb.ProcessingResponse:
+    """The body reply that routes the request: model + request id headers, Envoy's retry
+    budget and per-try timeout, the candidate order, and `clear_route_cache`."""
+    return pb.ProcessingResponse(
+        request_body=pb.BodyResponse(
+            response=pb.CommonResponse(
+                header_mutation=pb.HeaderMutation(
+                    set_headers=[
+                        hv(MODEL_HEADER, alias.encode()),
+                        hv(REQUEST_ID_HEADER, rid.encode()),
+                        hv("x-envoy-max-retries", str(f.max_retries).encode()),
+                        hv("x-envoy-upstream-rq-per-try-timeout-ms",
+                           str(f.try_timeout_ms).encode()),
+                    ]
+                ),
+                clear_route_cache=True,
+            )
+        ),
+        dynamic_metadata=order.of(f.candidates),
+    )
+
+
+def upstream(u: Upstream) -> pb.ProcessingResponse:
+    """The translate phase's reply: the attempt's request replaced whole."""
+    set_headers = [
+        hv(":path", u.path),
+        hv(":authority", u.authority),
+        hv("content-length", str(len(u.body)).encode()),
+        *_hvs(u.set_headers),
+    ]
+    return pb.ProcessingResponse(
+        request_headers=pb.HeadersResponse(
+            response=pb.CommonResponse(
+                status=pb.CommonResponse.CONTINUE_AND_REPLACE,
+                header_mutation=pb.HeaderMutation(
+                    set_headers=set_headers, remove_headers=u.remove_headers),
+                body_mutation=pb.BodyMutation(body=u.body),
+            )
+        )
+    )
+
+
+_ANSWERED_BY: dict[str, pb.ProcessingResponse] = {}
+
+
+def answered_by(cluster: str) -> pb.ProcessingResponse:
+    """The translate phase's reply to its attempt's response headers: name the backend that
+    answered, for the route phase (cached per cluster)."""
+    resp = _ANSWERED_BY.get(cluster)
+    if resp is None:
+        if len(_ANSWERED_BY) > 4096:
+            _ANSWERED_BY.clear()
+        resp = pb.ProcessingResponse(response_headers=pb.HeadersResponse(
+            response=pb.CommonResponse(header_mutation=pb.HeaderMutation(
+                set_headers=[hv(ANSWERED_BY_HEADER, cluster.encode())]))))
+        _ANSWERED_BY[cluster] = resp
+    return resp
+
+
+def response_headers(r: HeadersReply) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(
+        response_headers=pb.HeadersResponse(response=pb.CommonResponse(
+            header_mutation=pb.HeaderMutation(set_headers=_hvs(r.set_headers),
+                                              remove_headers=r.remove_headers))),
+        mode_override=_MODES[r.mode],
+    )
+
+
+def response_body(r: BodyReply) -> pb.ProcessingResponse:
+    if r.body is None:
+        return CONTINUE_BODY
+    mutation = pb.BodyMutation(body=r.body) if r.body else pb.BodyMutation(clear_body=True)
+    return pb.ProcessingResponse(
+        response_body=pb.BodyResponse(
+            response=pb.CommonResponse(
+                body_mutation=mutation,
+                header_mutation=pb.HeaderMutation(set_headers=_hvs(r.set_headers))
+                if r.set_headers else None,
+            )
+        )
+    )

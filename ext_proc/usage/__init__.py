@@ -1,0 +1,52 @@
+"""Where a finished request goes: Prometheus metrics and the structured request log line."""
+
+from __future__ import annotations
+
+import structlog
+
+from ext_proc.usage import metrics
+from ext_proc.usage.record import NO_USAGE, UsageRecord, cost_usd
+
+__all__ = ["NO_USAGE", "UsageRecord", "account", "cost_usd"]
+
+log = structlog.get_logger("switchyard.request")
+
+
+def account(r: UsageRecord) -> None:
+    """Metrics and the one log line of a finished request."""
+    if r.outcome == "rejected":
+        metrics.REJECTED.labels(reason=r.code or "rejected").inc()
+        log.info("request", rid=r.rid, model=r.model or None, status=r.status,
+                 outcome="rejected", code=r.code, latency_ms=round(r.latency_s * 1000, 1))
+        return
+    u = r.usage
+    m = metrics
+    m.REQUESTS.labels(r.model, r.backend, str(r.status)).inc()
+    m.LATENCY.labels(r.model, r.backend).observe(r.latency_s)
+    if r.ttft_s is not None:
+        m.TTFT.labels(r.model, r.backend).observe(r.ttft_s)
+    for kind, n in (("prompt", u.prompt), ("completion", u.completion), ("cached", u.cached),
+                    ("reasoning", u.reasoning)):
+        if n:
+            m.TOKENS.labels(r.model, r.backend, kind).inc(n)
+    if r.cost_usd:
+        m.COST.labels(r.model, r.backend).inc(r.cost_usd)
+    if r.attempts > 1:
+        m.FAILOVERS.labels(r.model, r.backend).inc(r.attempts - 1)
+    log.info(
+        "request",
+        rid=r.rid,
+        model=r.model,
+        backend=r.backend,
+        status=r.status,
+        stream=r.stream,
+        attempts=r.attempts,
+        outcome=r.outcome,
+        latency_ms=round(r.latency_s * 1000, 1),
+        ttft_ms=round(r.ttft_s * 1000, 1) if r.ttft_s is not None else None,
+        prompt_tokens=u.prompt,
+        completion_tokens=u.completion,
+        cached_tokens=u.cached,
+        reasoning_tokens=u.reasoning,
+        cost_usd=round(r.cost_usd, 8),
+    )

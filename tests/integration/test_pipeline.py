@@ -1,0 +1,179 @@
+"""The request pipeline's own guarantees, through real Envoy and the simulator: the attempt
+that answers is the one translated and labelled (hedging, both orders), an answer that cannot
+be translated reaches the client in its own schema, and usage prices cached input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from switchyard.framing.sse import SSEParser
+from tests.integration.conftest import CLIENT_KEY, free_ports, launch, wait_until
+
+
+def _config(p: dict[str, int]) -> str:
+    sim = "simulate: {ttft_ms: 0, tokens_per_s: 0}"
+    return f"""
+listen: {{address: 127.0.0.1, port: {p['listen']}}}
+admin: {{address: 127.0.0.1, port: {p['admin']}}}
+control_plane: {{address: 127.0.0.1, port: {p['xds']}}}
+ext_proc: {{address: 127.0.0.1, port: {p['ext_proc']}, metrics_port: {p['metrics']}}}
+envoy_concurrency: 1
+providers:
+  claude: {{kind: anthropic, base_url: "http://127.0.0.1:{p['claude']}", {sim}}}
+  spare: {{kind: openai, base_url: "http://127.0.0.1:{p['spare']}", {sim}}}
+models:
+  hedge-mixed:
+    backends:
+      - {{provider: claude, model: claude-h}}
+      - {{provider: spare, model: gpt-h}}
+    failover: {{hedge_after_s: 0.25, per_try_timeout_s: 0.25, first_byte_timeout_s: 0.25}}
+  mal-claude:
+    backends: [{{provider: claude, model: claude-m}}]
+  mal-openai:
+    backends: [{{provider: spare, model: gpt-m}}]
+  priced:
+    backends:
+      - {{provider: spare, model: gpt-p, price: {{input: 1.0, output: 2.0, cached_input: 0.1}}}}
+"""
+
+
+class Pipeline:
+    def __init__(self, tmp: Path) -> None:
+        names = ["listen", "admin", "xds", "ext_proc", "metrics", "claude", "spare"]
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        path = tmp / "pipeline.yaml"
+        path.write_text(_config(self.ports))
+        self.log_dir = tmp / "logs"
+        self.gateway = launch(path)
+        self.url = self.gateway.url
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=CLIENT_KEY,
+                                    max_retries=0, timeout=20)
+
+    def options(self, name: str, **opts: Any) -> None:
+        url = f"http://127.0.0.1:{self.ports[name]}/_sim/options"
+        httpx.delete(url).raise_for_status()
+        if opts:
+            httpx.put(url, json=opts).raise_for_status()
+
+    def request_logs(self) -> list[dict[str, Any]]:
+        out = []
+        for p in sorted(self.log_dir.glob("*.log")):
+            for line in p.read_text(errors="replace").splitlines():
+                if line.startswith("{") and '"event":"request"' in line.replace(" ", ""):
+                    out.append(orjson.loads(line))
+        return out
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    p = Pipeline(tmp_path_factory.mktemp("pipeline"))
+    yield p
+    p.gateway.stop()
+
+
+def _chat(pipe: Pipeline, model: str, stream: bool) -> tuple[str, httpx.Headers]:
+    msgs = [{"role": "user", "content": "hedge me"}]
+    if not stream:
+        raw = pipe.client.chat.completions.with_raw_response.create(model=model, messages=msgs)
+        return raw.parse().choices[0].message.content or "", raw.headers
+    with pipe.client.chat.completions.with_streaming_response.create(
+            model=model, messages=msgs, stream=True) as resp:
+        text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+        return text, resp.headers
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_hedge_first_attempt_wins_and_is_translated_by_its_backend(pipe: Pipeline,
+                                                                   stream: bool) -> None:
+    # The first attempt (Anthropic) answers after 0.7 s; the hedge (OpenAI) started at 0.25 s
+    # would take 3 s. The client must get the Anthropic answer, translated as Anthropic.
+    pipe.options("claude", slow_first_token_ms=700)
+    pipe.options("spare", slow_first_token_ms=3000)
+    text, headers = _chat(pipe, "hedge-mixed", stream)
+    assert headers["x-switchyard-backend"] == "claude/claude-h"
+    assert text.startswith("Simulated reply from claude"), text
+    assert "x-switchyard-answered-by" not in headers
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_hedge_second_attempt_wins(pipe: Pipeline, stream: bool) -> None:
+    pipe.options("claude", slow_first_token_ms=3000)
+    pipe.options("spare")
+    text, headers = _chat(pipe, "hedge-mixed", stream)
+    assert headers["x-switchyard-backend"] == "spare/gpt-h"
+    assert text.startswith("Simulated reply from spare"), text
+
+
+def _sse(body: bytes) -> list[tuple[str | None, bytes]]:
+    return [(e.event, e.data) for e in SSEParser().feed(body)]
+
+
+def test_untranslatable_answer_openai_client(pipe: Pipeline) -> None:
+    pipe.options("claude", malformed=True)
+    try:
+        with pytest.raises(openai.APIStatusError) as exc:
+            pipe.client.chat.completions.create(
+                model="mal-claude", messages=[{"role": "user", "content": "x"}])
+        assert exc.value.status_code == 502
+        assert exc.value.code == "bad_upstream_response"
+        r = httpx.post(pipe.url + "/v1/chat/completions", timeout=20, json={
+            "model": "mal-claude", "stream": True,
+            "messages": [{"role": "user", "content": "x"}]})
+        events = _sse(r.content)
+        assert events, r.content
+        last = orjson.loads(events[-1][1])
+        assert events[-1][0] is None and last["error"]["code"] == "bad_upstream_response"
+        assert b"[DONE]" not in r.content  # nothing after the error event
+        assert r.content.count(b'"error"') == 1
+    finally:
+        pipe.options("claude")
+
+
+def test_untranslatable_answer_anthropic_client(pipe: Pipeline) -> None:
+    pipe.options("spare", malformed=True)
+    body = {"model": "mal-openai", "max_tokens": 50,
+            "messages": [{"role": "user", "content": "x"}]}
+    try:
+        r = httpx.post(pipe.url + "/v1/messages", json=body, timeout=20)
+        assert r.status_code == 502
+        err = r.json()
+        assert err["type"] == "error" and err["error"]["type"] == "api_error", err
+        r = httpx.post(pipe.url + "/v1/messages", json={**body, "stream": True}, timeout=20)
+        events = _sse(r.content)
+        assert events[-1][0] == "error", r.content
+        assert orjson.loads(events[-1][1])["type"] == "error"
+        assert [e for e, _ in events].count("error") == 1
+        assert b"message_stop" not in r.content
+    finally:
+        pipe.options("spare")
+
+
+def test_cached_and_reasoning_tokens_are_priced_and_reported(pipe: Pipeline) -> None:
+    pipe.options("spare", cached_tokens=4, reasoning_tokens=3)
+    try:
+        resp = pipe.client.chat.completions.create(
+            model="priced", messages=[{"role": "user", "content": "one two three four five"}])
+    finally:
+        pipe.options("spare")
+    assert resp.usage is not None
+    prompt, completion = resp.usage.prompt_tokens, resp.usage.completion_tokens
+
+    def line() -> dict[str, Any] | None:
+        lines = [x for x in pipe.request_logs() if x.get("model") == "priced"]
+        return lines[-1] if lines else None
+
+    rec = wait_until(line)
+    assert (rec["prompt_tokens"], rec["completion_tokens"]) == (prompt, completion)
+    assert (rec["cached_tokens"], rec["reasoning_tokens"]) == (4, 3)
+    expected = ((prompt - 4) * 1.0 + 4 * 0.1 + completion * 2.0) / 1e6
+    assert rec["cost_usd"] == pytest.approx(expected, rel=1e-6)
+    metrics = httpx.get(f"http://127.0.0.1:{pipe.ports['metrics']}/metrics").text
+    assert 'switchyard_tokens_total{backend="spare/gpt-p",kind="cached",model="priced"} 4.0' \
+        in metrics
