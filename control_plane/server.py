@@ -5,27 +5,25 @@ and the last good snapshot keeps serving. A good snapshot is published in a safe
 Envoy gets the new clusters and model routes first (we wait for every Envoy's CDS and RDS
 ACK, bounded), then ext_proc gets the routing table that names them, so no request is sent to
 a route or cluster Envoy lacks. Clusters and model routes a reload removes linger in Envoy for
-`RETIRED_CLUSTER_TTL_S`: requests (and their retries) routed by the previous table still find
-them.
+`RETIRED_CLUSTER_TTL_S` (kept by Envoy's cache, `control_plane.cache`): requests (and their
+retries) routed by the previous table still find them. A snapshot the cache finds
+inconsistent (a route naming a cluster it lacks) is refused like an invalid config.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import hashlib
 import signal
-import time
 from pathlib import Path
 
 import grpc
 import structlog
-from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc
-from google.protobuf.message import Message
 
-from control_plane.compile import CLUSTER_TYPE, ROUTE_TYPE, Snapshot, compile_config, digest
+from control_plane.cache import InconsistentSnapshot
+from control_plane.compile import CLUSTER_TYPE, ROUTE_TYPE, Snapshot, compile_config
 from control_plane.config import ConfigError, load_config
 from control_plane.routing import RoutingService, RoutingTableStore
 from control_plane.xds import AdsServer, SnapshotStore
@@ -44,14 +42,14 @@ RETIRED_CLUSTER_TTL_S = 120.0
 class ControlPlane:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
-        self.envoy_store = SnapshotStore()
-        self.routing_store = RoutingTableStore()
-        self.snapshot: Snapshot | None = None
+        self.envoy_store = SnapshotStore(linger_s=RETIRED_CLUSTER_TTL_S)
+        self.routing_store = RoutingTableStore(envoy=self.envoy_store)
         self._digest = ""
-        #: cluster name -> (resource, monotonic expiry) of clusters removed by a reload.
-        self._retired: dict[str, tuple[Message, float]] = {}
-        #: model route name -> (route, monotonic expiry) of routes removed by a reload.
-        self._retired_routes: dict[str, tuple[route_pb2.Route, float]] = {}
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The last good snapshot (as compiled, without lingering resources)."""
+        return self.envoy_store.latest
 
     def _read(self) -> tuple[str, bytes] | None:
         try:
@@ -79,66 +77,20 @@ class ControlPlane:
             return False
         if self.snapshot and snapshot.version == self.snapshot.version:
             return False
-        await self.publish(snapshot)
+        try:
+            await self.publish(snapshot)
+        except InconsistentSnapshot as exc:
+            log.error("inconsistent snapshot refused; last good config keeps serving",
+                      error=str(exc), version=snapshot.version,
+                      serving_version=self.snapshot.version if self.snapshot else None)
+            return False
         return True
-
-    def _envoy_view(self, snapshot: Snapshot) -> Snapshot:
-        """The snapshot plus clusters and model routes still lingering after removal."""
-        now = time.monotonic()
-        self._retired = {n: v for n, v in self._retired.items() if v[1] > now}
-        self._retired_routes = {n: v for n, v in self._retired_routes.items() if v[1] > now}
-        resources = dict(snapshot.resources)
-        versions = dict(snapshot.versions)
-        current = {getattr(c, "name", "") for c in snapshot.resources[CLUSTER_TYPE]}
-        extra = tuple(c for n, (c, _) in sorted(self._retired.items()) if n not in current)
-        if extra:
-            resources[CLUSTER_TYPE] = snapshot.resources[CLUSTER_TYPE] + extra
-        config = snapshot.resources[ROUTE_TYPE][0]
-        assert isinstance(config, route_pb2.RouteConfiguration)
-        have = {r.name for r in config.virtual_hosts[0].routes}
-        lingering = [r for n, (r, _) in sorted(self._retired_routes.items()) if n not in have]
-        if lingering:
-            merged = route_pb2.RouteConfiguration()
-            merged.CopyFrom(config)
-            routes = list(merged.virtual_hosts[0].routes)
-            models = [r for r in routes if r.name.startswith("chat:")]
-            rest = [r for r in routes if not r.name.startswith("chat:")]
-            del merged.virtual_hosts[0].routes[:]
-            merged.virtual_hosts[0].routes.extend([*models, *lingering, *rest])
-            resources[ROUTE_TYPE] = (merged,)
-        if not extra and not lingering:
-            return snapshot
-        versions = {t: digest(r) for t, r in resources.items()}
-        suffix = "".join(versions[t][:4] for t in sorted(versions))
-        return dataclasses.replace(snapshot, resources=resources, versions=versions,
-                                   version=f"{snapshot.version}+{suffix}")
-
-    def _retire(self, previous: Snapshot, snapshot: Snapshot) -> None:
-        """Remember what this snapshot removes, so in-flight requests still find it."""
-        expires = time.monotonic() + RETIRED_CLUSTER_TTL_S
-        current = {getattr(c, "name", "") for c in snapshot.resources[CLUSTER_TYPE]}
-        for c in previous.resources[CLUSTER_TYPE]:
-            name = getattr(c, "name", "")
-            if name not in current:
-                self._retired[name] = (c, expires)
-        old_config = previous.resources[ROUTE_TYPE][0]
-        new_config = snapshot.resources[ROUTE_TYPE][0]
-        assert isinstance(old_config, route_pb2.RouteConfiguration)
-        assert isinstance(new_config, route_pb2.RouteConfiguration)
-        have = {r.name for r in new_config.virtual_hosts[0].routes}
-        for r in old_config.virtual_hosts[0].routes:
-            if r.name.startswith("chat:") and r.name not in have:
-                self._retired_routes[r.name] = (r, expires)
 
     async def publish(self, snapshot: Snapshot) -> None:
         """Envoy first (clusters and routes, ACKed), then the ext_proc routing table: a model
-        is only handed to ext_proc once Envoy can route it."""
-        previous = self.snapshot
-        self.snapshot = snapshot
-        if previous is not None:
-            self._retire(previous, snapshot)
-        view = self._envoy_view(snapshot)
-        await self.envoy_store.set(view)
+        is only handed to ext_proc once Envoy can route it. Raises `InconsistentSnapshot`
+        (before anything is served) for a snapshot naming resources it lacks."""
+        view = await self.envoy_store.set(snapshot)
         acked = all([
             await self.envoy_store.wait_acked(type_url, view.versions[type_url], ACK_TIMEOUT_S)
             for type_url in (CLUSTER_TYPE, ROUTE_TYPE)])
@@ -150,11 +102,8 @@ class ControlPlane:
         """Poll the file's content hash: robust to editors that replace files by rename."""
         while True:
             await asyncio.sleep(POLL_INTERVAL_S)
-            if (self._retired or self._retired_routes) and self.snapshot is not None:
-                now = time.monotonic()
-                retired = [*self._retired.values(), *self._retired_routes.values()]
-                if any(expiry <= now for _, expiry in retired):
-                    await self.envoy_store.set(self._envoy_view(self.snapshot))
+            # Lingering clusters and routes whose time is up leave Envoy.
+            await self.envoy_store.expire()
             read = self._read()
             if read is not None and read[0] != self._digest:
                 log.info("config file changed", file=str(self.config_path))

@@ -1,7 +1,10 @@
 """ADS server (state of the world) over grpcio aio, serving the current snapshot to Envoy.
 
-Per Envoy and per resource type it tracks what was sent (version, nonce) and what was ACKed
-or NACKed. A NACK is logged with Envoy's error and nothing else changes: Envoy keeps the last
+Envoy's snapshots live in a `SnapshotStore`, the control plane's one `Cache` type configured
+for xDS: types in push order (clusters before the routes that name them), Envoy's references
+checked (a route naming a cluster the snapshot lacks is refused), removed clusters and model
+routes lingering, and per Envoy and per type what was sent (version, nonce) and ACKed or
+NACKed. A NACK is logged with Envoy's error and nothing else changes: Envoy keeps the last
 config it accepted, and so does our record of it.
 """
 
@@ -9,88 +12,105 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Hashable, Iterator
 
 import grpc
 import structlog
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2,
+)
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 
-from control_plane.compile import PUSH_ORDER, Snapshot
+from control_plane.cache import Cache, NodeState, WholeResources
+from control_plane.compile import (
+    CLUSTER_TYPE,
+    LISTENER_TYPE,
+    MODEL_ROUTE_PREFIX,
+    PRIORITY_GROUP_TYPE,
+    PUSH_ORDER,
+    ROUTE_TYPE,
+    Snapshot,
+)
+from protos import envoy_vendor_pb2
 
 log = structlog.get_logger("switchyard.xds")
 
-
-@dataclass
-class _TypeState:
-    subscribed: bool = False
-    names: tuple[str, ...] = ()
-    sent_version: str = ""
-    nonce: str = ""
-    #: True while a response is unanswered (no ACK/NACK for `nonce` yet).
-    in_flight: bool = False
-    acked_version: str = ""
-    nacked_version: str = ""
-    last_error: str = ""
+_HCM = http_connection_manager_pb2.HttpConnectionManager
 
 
-@dataclass
-class EnvoyState:
-    """What one connected Envoy has been sent and has accepted, per type."""
+def envoy_references(type_url: str, resource: Message) -> Iterator[tuple[str, str]]:
+    """The resources an xDS resource names: a route configuration's clusters (plain, weighted,
+    priority groups), a listener's RDS route configuration."""
+    if type_url == ROUTE_TYPE:
+        assert isinstance(resource, route_pb2.RouteConfiguration)
+        for vhost in resource.virtual_hosts:
+            for route in vhost.routes:
+                if not route.HasField("route"):
+                    continue
+                action = route.route
+                if action.cluster:
+                    yield CLUSTER_TYPE, action.cluster
+                for weighted in action.weighted_clusters.clusters:
+                    yield CLUSTER_TYPE, weighted.name
+                plugin = action.inline_cluster_specifier_plugin.extension.typed_config
+                if plugin.type_url == PRIORITY_GROUP_TYPE:
+                    spec = envoy_vendor_pb2.PriorityGroupClusterSpecifier.FromString(plugin.value)
+                    for group in spec.priority_groups:
+                        for c in group.clusters:
+                            yield CLUSTER_TYPE, c.cluster_name
+    elif type_url == LISTENER_TYPE:
+        assert isinstance(resource, listener_pb2.Listener)
+        for chain in resource.filter_chains:
+            for f in chain.filters:
+                if f.typed_config.Is(_HCM.DESCRIPTOR):
+                    hcm = _HCM()
+                    f.typed_config.Unpack(hcm)
+                    if hcm.HasField("rds"):
+                        yield ROUTE_TYPE, hcm.rds.route_config_name
 
-    node_id: str = ""
-    types: dict[str, _TypeState] = field(default_factory=dict)
 
-    def acked(self, type_url: str) -> str:
-        state = self.types.get(type_url)
-        return state.acked_version if state else ""
+class ModelRoutes:
+    """Model routes linger inside the one route configuration: a removed model's route is
+    served after the current model routes and before the catch-alls."""
+
+    def parts(self, resources: tuple[Message, ...]) -> dict[str, Message]:
+        if not resources:
+            return {}
+        config = resources[0]
+        assert isinstance(config, route_pb2.RouteConfiguration)
+        return {r.name: r for r in config.virtual_hosts[0].routes
+                if r.name.startswith(MODEL_ROUTE_PREFIX)}
+
+    def merge(self, resources: tuple[Message, ...], lingering: list[Message]
+              ) -> tuple[Message, ...]:
+        merged = route_pb2.RouteConfiguration()
+        merged.CopyFrom(resources[0])
+        routes = list(merged.virtual_hosts[0].routes)
+        models = [r for r in routes if r.name.startswith(MODEL_ROUTE_PREFIX)]
+        rest = [r for r in routes if not r.name.startswith(MODEL_ROUTE_PREFIX)]
+        del merged.virtual_hosts[0].routes[:]
+        merged.virtual_hosts[0].routes.extend([*models, *lingering, *rest])
+        return (merged, *resources[1:])
 
 
-class SnapshotStore:
-    """The current snapshot plus a change signal; shared by the ADS and RoutingTable servers."""
+class SnapshotStore(Cache[Snapshot]):
+    """Envoy's snapshot cache; shared by the ADS server and the control plane's publisher."""
 
-    def __init__(self) -> None:
-        self._snapshot: Snapshot | None = None
-        self._changed = asyncio.Condition()
-        self.envoys: dict[int, EnvoyState] = {}
-        self._acks = asyncio.Condition()
+    def __init__(self, linger_s: float = 0.0, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        super().__init__(PUSH_ORDER, references=envoy_references, linger_s=linger_s,
+                         linger={CLUSTER_TYPE: WholeResources(), ROUTE_TYPE: ModelRoutes()},
+                         clock=clock)
 
     @property
-    def snapshot(self) -> Snapshot | None:
-        return self._snapshot
-
-    async def set(self, snapshot: Snapshot) -> None:
-        async with self._changed:
-            self._snapshot = snapshot
-            self._changed.notify_all()
-
-    async def wait_newer(self, version: str | None) -> Snapshot:
-        """Return the snapshot once its version differs from `version`."""
-        async with self._changed:
-            await self._changed.wait_for(
-                lambda: self._snapshot is not None and self._snapshot.version != version)
-            assert self._snapshot is not None
-            return self._snapshot
-
-    async def notify_ack(self) -> None:
-        async with self._acks:
-            self._acks.notify_all()
-
-    async def wait_acked(self, type_url: str, version: str, timeout: float) -> bool:
-        """Wait until every connected Envoy ACKed (or NACKed) `version` of `type_url`."""
-
-        def done() -> bool:
-            return all(
-                (t := e.types.get(type_url)) is None or not t.subscribed
-                or version in (t.acked_version, t.nacked_version)
-                for e in self.envoys.values())
-
-        async with self._acks:
-            try:
-                await asyncio.wait_for(self._acks.wait_for(done), timeout)
-            except TimeoutError:
-                return False
-        return True
+    def envoys(self) -> dict[Hashable, NodeState]:
+        """Connected Envoys (one per ADS stream) and what each was sent and accepted."""
+        return self.nodes
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -105,8 +125,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self, request_iterator: object, context: grpc.aio.ServicerContext
     ) -> None:
         stream_id = next(self._ids)
-        envoy = EnvoyState()
-        self._store.envoys[stream_id] = envoy
+        envoy = self._store.connect(stream_id)
         events: asyncio.Queue[discovery_pb2.DiscoveryRequest | Snapshot | None] = asyncio.Queue()
 
         async def read() -> None:
@@ -139,63 +158,42 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         finally:
             for t in tasks:
                 t.cancel()
-            self._store.envoys.pop(stream_id, None)
-            await self._store.notify_ack()
+            await self._store.disconnect(stream_id)
             log.info("envoy disconnected", node=envoy.node_id)
 
-    async def _on_request(self, envoy: EnvoyState, req: discovery_pb2.DiscoveryRequest) -> None:
+    async def _on_request(self, envoy: NodeState, req: discovery_pb2.DiscoveryRequest) -> None:
         if req.node.id and not envoy.node_id:
             envoy.node_id = req.node.id
             log.info("envoy connected", node=envoy.node_id)
-        state = envoy.types.setdefault(req.type_url, _TypeState())
-        state.subscribed = True
-        state.names = tuple(req.resource_names)
+        state = self._store.subscribe(envoy, req.type_url, req.resource_names)
         if req.response_nonce and req.response_nonce == state.nonce:
-            state.in_flight = False
             if req.HasField("error_detail"):
-                state.nacked_version = state.sent_version
-                state.last_error = req.error_detail.message
+                await self._store.nack(envoy, req.type_url, req.error_detail.message)
                 log.error("envoy rejected config (NACK); it keeps its last accepted config",
                           node=envoy.node_id, type_url=req.type_url,
                           rejected_version=state.sent_version, kept_version=req.version_info,
                           error=req.error_detail.message)
             else:
-                state.acked_version = req.version_info
+                await self._store.ack(envoy, req.type_url, req.version_info)
                 log.info("envoy accepted config (ACK)", node=envoy.node_id,
                          type_url=req.type_url, version=req.version_info)
-            await self._store.notify_ack()
         elif req.response_nonce and req.response_nonce != state.nonce:
             return  # stale: an answer to an older response we already superseded
         else:
             # First request on this stream (or after reconnect): the client's version tells
             # us what it already has.
-            state.in_flight = False
-            state.acked_version = req.version_info
+            self._store.resume(envoy, req.type_url, req.version_info)
 
-    def _due(self, envoy: EnvoyState) -> list[discovery_pb2.DiscoveryResponse]:
-        snap = self._store.snapshot
-        if snap is None:
-            return []
+    def _due(self, envoy: NodeState) -> list[discovery_pb2.DiscoveryResponse]:
         out = []
-        for type_url in PUSH_ORDER:
-            state = envoy.types.get(type_url)
-            if state is None or not state.subscribed or state.in_flight:
-                continue
-            version = snap.versions[type_url]
-            if version in (state.sent_version, state.acked_version):
-                continue
-            resources = snap.resources[type_url]
-            if state.names:
-                resources = tuple(r for r in resources
-                                  if getattr(r, "name", None) in state.names)
+        for due in self._store.due(envoy):
             packed = []
-            for r in resources:
+            for r in due.resources:
                 a = any_pb2.Any()
                 a.Pack(r)
                 packed.append(a)
-            state.nonce = str(next(self._nonces))
-            state.sent_version = version
-            state.in_flight = True
+            nonce = str(next(self._nonces))
+            self._store.sent(envoy, due.type_url, due.version, nonce)
             out.append(discovery_pb2.DiscoveryResponse(
-                version_info=version, resources=packed, type_url=type_url, nonce=state.nonce))
+                version_info=due.version, resources=packed, type_url=due.type_url, nonce=nonce))
         return out

@@ -10,11 +10,11 @@ messages, so a field typo fails here, at compile time.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
 
+from control_plane.cache import digest
 from control_plane.compile.clusters import backend_clusters, clusters
 from control_plane.compile.listener import listener
 from control_plane.compile.names import (
@@ -22,6 +22,7 @@ from control_plane.compile.names import (
     EXT_PROC_CLUSTER,
     LISTENER_NAME,
     LISTENER_TYPE,
+    MODEL_ROUTE_PREFIX,
     PUSH_ORDER,
     ROUTE_CONFIG_NAME,
     ROUTE_TYPE,
@@ -41,6 +42,7 @@ __all__ = [
     "LISTENER_NAME",
     "LISTENER_TYPE",
     "MODELS_PATH",
+    "MODEL_ROUTE_PREFIX",
     "PRIORITY_GROUP_TYPE",
     "PUSH_ORDER",
     "ROUTE_CONFIG_NAME",
@@ -65,13 +67,6 @@ class Snapshot:
     routing: routing_pb2.RoutingTable
     #: Human-readable summary of the routes (for `switchyard validate`).
     summary: list[str] = field(default_factory=list)
-
-
-def digest(messages: Iterable[Message]) -> str:
-    h = hashlib.sha256()
-    for m in messages:
-        h.update(m.SerializeToString(deterministic=True))
-    return h.hexdigest()[:16]
 
 
 def compile_config(cfg: GatewayConfig) -> Snapshot:

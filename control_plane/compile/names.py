@@ -21,6 +21,8 @@ LISTENER_NAME = "switchyard_http"
 ROUTE_CONFIG_NAME = "switchyard_routes"
 EXT_PROC_CLUSTER = "switchyard_ext_proc"
 XDS_CLUSTER = "switchyard_xds"
+#: Name prefix of the per-model routes (`chat:<alias>`, whatever the ingress API).
+MODEL_ROUTE_PREFIX = "chat:"
 
 _EXT_PROC = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 

@@ -16,6 +16,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F4
 from google.protobuf import any_pb2, json_format, wrappers_pb2
 
 from control_plane.compile.names import (
+    MODEL_ROUTE_PREFIX,
     ROUTE_CONFIG_NAME,
     cluster_name,
     error_json,
@@ -127,7 +128,7 @@ def _model_route(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, Any]
                                       "previous_hosts.v3.PreviousHostsPredicate"}}]
         route["retry_policy"]["host_selection_retry_max_attempts"] = 5
     return {
-        "name": f"chat:{alias}",
+        "name": f"{MODEL_ROUTE_PREFIX}{alias}",
         # Envoy's own attempt count (connect failures included); ext_proc reads it for
         # logs, metrics and health, and passes it on to the client.
         "response_headers_to_add": [{
@@ -166,9 +167,9 @@ def _finish_routes(cfg: GatewayConfig, routes: route_pb2.RouteConfiguration) -> 
     """Add what xds-protos cannot express: the priority_group specifier and
     `refresh_cluster_on_retry` (merged as field 14 of RetryPolicy, unknown to the wheel)."""
     for route in routes.virtual_hosts[0].routes:
-        if not route.name.startswith("chat:") or route.route.cluster:
+        if not route.name.startswith(MODEL_ROUTE_PREFIX) or route.route.cluster:
             continue
-        model = cfg.models[route.name[len("chat:"):]]
+        model = cfg.models[route.name[len(MODEL_ROUTE_PREFIX):]]
         plugin = route.route.inline_cluster_specifier_plugin.extension
         plugin.name = "envoy.router.cluster_specifier_plugin.priority_group"
         plugin.typed_config.CopyFrom(_priority_groups(model))
