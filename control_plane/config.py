@@ -175,10 +175,19 @@ class Provider(_Strict):
 
 
 class Price(_Strict):
-    """USD per 1M tokens."""
+    """USD per 1M tokens. `cached_input` (prompt tokens served from the provider's prompt
+    cache) defaults to the input price."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    cached_input: float = Field(ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cached_input_defaults_to_input(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("cached_input") is None and "input" in data:
+            return {**data, "cached_input": data["input"]}
+        return data
 
 
 class Backend(_Strict):

@@ -44,6 +44,13 @@ class BackendInfo:
     context_window: int
     #: "provider/model", for logs, metrics and the x-switchyard-backend header.
     label: str
+    #: USD per 1M cached prompt tokens. The table always sets it (the input price when the
+    #: config has none); left out (negative), it is the input price too.
+    price_cached_input: float = -1.0
+
+    def __post_init__(self) -> None:
+        if self.price_cached_input < 0:
+            object.__setattr__(self, "price_cached_input", self.price_input)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +95,7 @@ class Routes:
                 model=b.model,
                 price_input=b.price_input,
                 price_output=b.price_output,
+                price_cached_input=b.price_cached_input,
                 context_window=b.context_window,
                 label=f"{b.provider}/{b.model}",
             )

@@ -23,6 +23,7 @@ def routing_table(cfg: GatewayConfig, backends: dict[str, Backend]) -> routing_p
             cluster=cname, provider=backend.provider, model=backend.model,
             price_input=backend.price.input if backend.price else 0.0,
             price_output=backend.price.output if backend.price else 0.0,
+            price_cached_input=backend.price.cached_input if backend.price else 0.0,
             context_window=backend.context_window or 0,
         )
     for alias, model in sorted(cfg.models.items()):

@@ -108,3 +108,30 @@ def test_retry_on_accepts_bare_status_code() -> None:
     cfg = parse_config(GOOD.replace("  m1:\n    backends:\n",
                                     "  m1:\n    failover: {retry_on: [5xx, 429]}\n    backends:\n"))
     assert cfg.models["m1"].failover.retry_on == ["5xx", "429"]
+
+
+def test_cached_input_price_defaults_to_input_price_and_reaches_the_routing_table() -> None:
+    from control_plane.compile import compile_config
+    from ext_proc.table import Routes
+
+    text = GOOD.replace("price: {input: 0.15, output: 0.6}",
+                        "price: {input: 0.15, output: 0.6, cached_input: 0.075}")
+    cfg = parse_config(text)
+    price = cfg.models["m1"].backends[0].price
+    assert price is not None and price.cached_input == 0.075
+    default = parse_config(GOOD).models["m1"].backends[0].price
+    assert default is not None and default.cached_input == default.input == 0.15
+
+    routes = Routes.from_proto(compile_config(cfg).routing)
+    cached = {b.model: b.price_cached_input for b in routes.clusters.values()}
+    assert cached["gpt-4o-mini"] == 0.075
+    assert cached["claude-3-5-haiku-latest"] == 0.0  # no price configured at all
+    routes = Routes.from_proto(compile_config(parse_config(GOOD)).routing)
+    assert {b.model: b.price_cached_input for b in routes.clusters.values()}[
+        "gpt-4o-mini"] == 0.15
+
+
+def test_cached_input_price_is_validated() -> None:
+    err = _err(GOOD.replace("output: 0.6}", "output: 0.6, cached_input: -1}"))
+    assert err.line == 8 and err.field == "models.m1.backends[0].price.cached_input"
+    assert "greater than or equal" in str(err)
