@@ -20,7 +20,6 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from switchyard.framing.eventstream import encode
 from sim.common import (
     INVALID_JSON,
     BodyHandler,
@@ -30,6 +29,7 @@ from sim.common import (
     count_words,
     json_response,
 )
+from switchyard.framing.eventstream import encode
 
 EVENTSTREAM: Final = "application/vnd.amazon.eventstream"
 # bedrock-runtime's status for each exception type; the type travels in x-amzn-ErrorType.

@@ -34,16 +34,19 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
-from .openai import (
+from switchyard.framing.sse import SSEEvent, SSEParser, parse_frame
+
+from .canonical import (
     DONE_FRAME,
     STATUS_ERRORS,
     ChunkWriter,
     SSETranslator,
     TranslationError,
+    Usage,
     cache_usage,
     content_parts,
     context_overflow,
@@ -58,7 +61,6 @@ from .openai import (
     unsupported_part,
     upstream_error_message,
 )
-from switchyard.framing.sse import SSEEvent
 
 __all__ = [
     "API_VERSION",
@@ -66,9 +68,11 @@ __all__ = [
     "PATH",
     "THINKING_BUDGETS",
     "StreamToOpenAI",
+    "StreamUsageReader",
     "error_to_openai",
     "finish_reason",
     "json_tool_name",
+    "rename_model",
     "request_from_openai",
     "response_to_openai",
     "usage_of",
@@ -560,15 +564,22 @@ def request_from_openai(
 # --------------------------------------------------------------------------- responses
 
 
-def _usage(u: Any) -> tuple[int, int, int]:
-    """(prompt incl. cache, completion, cache_read) from an Anthropic usage object."""
+def _usage(u: Any) -> Usage:
+    """Usage of an Anthropic usage object: prompt = input + cache reads + cache writes,
+    cached = cache reads; reasoning 0 (Anthropic bills thinking inside output_tokens and does
+    not count it apart)."""
     return cache_usage(u, *_USAGE_KEYS)
 
 
-def usage_of(resp: dict[str, Any]) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) of an Anthropic message; prompt includes cache."""
+def usage_of(resp: dict[str, Any]) -> Usage | None:
+    """Usage of an Anthropic message (prompt includes the prompt cache), None without one."""
     u = resp.get("usage")
-    return _usage(u)[:2] if isinstance(u, dict) else None
+    return _usage(u) if isinstance(u, dict) else None
+
+
+def _openai_usage(u: Usage) -> dict[str, Any]:
+    """The canonical usage object (no completion_tokens_details: no reasoning count)."""
+    return openai_usage(u.prompt, u.completion, u.cached)
 
 
 def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
@@ -628,7 +639,7 @@ def response_to_openai(resp: dict[str, Any], alias: str, json_tool: str | None =
         "created": int(time.time()),
         "model": alias,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-        "usage": openai_usage(*_usage(resp.get("usage"))),
+        "usage": _openai_usage(_usage(resp.get("usage"))),
     }
     return orjson.dumps(out)
 
@@ -743,7 +754,7 @@ class StreamToOpenAI(SSETranslator):
                 self.finish_reason = "stop"
                 out.append(w.finish("stop"))
             if self._include_usage:
-                out.append(w.usage(openai_usage(*(self.usage or (0, 0)), self.cached_tokens)))
+                out.append(w.usage(_openai_usage(self.usage or Usage(0, 0))))
             out.append(DONE_FRAME)
             self.done = True
         elif kind == "error":
@@ -811,8 +822,7 @@ class StreamToOpenAI(SSETranslator):
             v = u.get(key)
             if isinstance(v, int):
                 raw[key] = v
-        prompt, completion, self.cached_tokens = _usage(raw)
-        self.usage = (prompt, completion)
+        self.usage = _usage(raw)
 
     def _message_delta(self, obj: dict[str, Any], out: list[bytes]) -> None:
         self._merge_usage(obj.get("usage"))
@@ -829,3 +839,125 @@ class StreamToOpenAI(SSETranslator):
             finish = "tool_calls"
         self.finish_reason = finish
         out.append(self._w.finish(finish))
+
+
+# ------------------------------------------------ same schema (Messages ingress -> Anthropic)
+
+
+def rename_model(body: bytes | dict[str, Any], upstream_model: str) -> bytes:
+    """Same-schema pass-through: the request body with only `model` replaced."""
+    if isinstance(body, dict):
+        obj: Any = dict(body)
+    else:
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise TranslationError("request body is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise TranslationError("request body must be a JSON object")
+    obj["model"] = upstream_model
+    return orjson.dumps(obj)
+
+
+class StreamUsageReader:
+    """Pass an Anthropic SSE stream through while reading its usage.
+
+    Only whole frames go out (a client cannot act on a partial one anyway), so an upstream
+    that stops early can still be closed with a clean `event: error` instead of a torn frame.
+    Only message_start/message_delta/error frames are parsed; deltas are not.
+    """
+
+    __slots__ = (
+        "_parser",
+        "_raw",
+        "done",
+        "error",
+        "first_token_at",
+        "stop_reason",
+        "usage",
+    )
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self._raw: dict[str, int] = {}
+        self.usage: Usage | None = None
+        self.stop_reason: str | None = None
+        self.first_token_at: float | None = None
+        self.done = False  # message_stop or an error event seen
+        self.error: dict[str, Any] | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send downstream: the complete frames of what arrived so far."""
+        held = self._parser.pending
+        frames = self._parser.feed_frames(chunk)
+        for _, ev in frames:
+            if ev is not None:
+                self._inspect(ev)
+        if not held and not self._parser.pending:
+            return chunk  # the usual case: whole frames in, the same bytes out (no copy)
+        return b"".join(raw for raw, _ in frames)
+
+    def finish(self) -> bytes:
+        """End of upstream body: flush a last frame missing its blank line, or fail cleanly."""
+        rest = self._parser.take_pending()
+        if self.done:  # trailing bytes after the end: pass them on, terminated if need be
+            return rest + b"\n\n" if rest.strip() else rest
+        ev = parse_frame(rest) if rest.strip() else None
+        if ev is not None:
+            self._inspect(ev)
+            if self.done:
+                return rest + b"\n\n"
+        self.done = True
+        self.error = {"type": "api_error", "message": "upstream stream ended before message_stop"}
+        return _error_event(self.error["message"])
+
+    def _inspect(self, ev: SSEEvent) -> None:
+        name = ev.event
+        if name == "content_block_delta" or name == "ping" or name == "content_block_stop":
+            if name == "content_block_delta" and self.first_token_at is None:
+                self.first_token_at = time.monotonic()
+            return
+        try:
+            obj = orjson.loads(ev.data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(obj, dict):
+            return
+        kind = obj.get("type") or name
+        if kind == "message_start":
+            msg = obj.get("message")
+            if isinstance(msg, dict):
+                self._merge(msg.get("usage"))
+        elif kind == "message_delta":
+            self._merge(obj.get("usage"))
+            delta = obj.get("delta")
+            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+                self.stop_reason = delta["stop_reason"]
+        elif kind == "message_stop":
+            self.done = True
+        elif kind == "error":
+            err = obj.get("error")
+            self.error = err if isinstance(err, dict) else {"type": "api_error", "message": ""}
+            self.done = True
+        elif kind == "content_block_delta" and self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+
+    def _merge(self, u: Any) -> None:
+        if not isinstance(u, dict):
+            return
+        for key in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
+            if _is_int(v := u.get(key)):
+                self._raw[key] = v
+        if _is_int(v := u.get("cache_creation_input_tokens")):
+            self._raw["cache_creation_input_tokens"] = v
+        self.usage = _usage(self._raw)
+
+
+def _is_int(v: Any) -> TypeGuard[int]:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _error_event(message: str, type_: str = "api_error") -> bytes:
+    """An in-stream Messages API `event: error` frame: the anthropic SDK raises on it."""
+    body = orjson.dumps({"type": "error", "error": {"type": type_, "message": message}})
+    return b"event: error\ndata: " + body + b"\n\n"

@@ -1,6 +1,6 @@
 """AWS Bedrock Converse / ConverseStream upstream for clients that speak OpenAI chat completions.
 
-Requests go OpenAI -> Converse JSON (signed with SigV4 over the final body); responses come
+Requests go OpenAI -> Converse JSON (ext_proc.auth.sigv4 signs the final body); responses come
 back Converse JSON -> OpenAI, and ConverseStream's binary event-stream -> OpenAI SSE chunks.
 Embeddings translate to InvokeModel bodies for the Titan and Cohere embedding families.
 """
@@ -8,7 +8,6 @@ Embeddings translate to InvokeModel bodies for the Titan and Cohere embedding fa
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import os
 import re
@@ -19,16 +18,15 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
 from switchyard.framing.eventstream import EventStreamDecoder, EventStreamError, Message
-from .openai import (
+
+from .canonical import (
     DONE_FRAME,
     ChunkWriter,
     StreamTranslator,
     TranslationError,
+    Usage,
     cache_usage,
     content_parts,
     context_overflow,
@@ -46,7 +44,6 @@ from .openai import (
 
 __all__ = [
     "EVENTSTREAM",
-    "SERVICE",
     "StreamToOpenAI",
     "embeddings_request",
     "embeddings_response",
@@ -55,11 +52,9 @@ __all__ = [
     "path",
     "request_from_openai",
     "response_to_openai",
-    "sign",
     "usage_of",
 ]
 
-SERVICE = "bedrock"  # SigV4 signing name of bedrock-runtime
 EVENTSTREAM = "application/vnd.amazon.eventstream"
 
 _FINISH = {
@@ -374,17 +369,23 @@ def request_from_openai(req: dict[str, Any], model_id: str) -> bytes:
 # --------------------------------------------------------------------------- responses
 
 
-def _usage(u: Any) -> tuple[int, int, int]:
-    """(prompt incl. cache, completion, cache read) from a Bedrock TokenUsage object."""
+def _usage(u: Any) -> Usage:
+    """Usage of a Bedrock TokenUsage object: prompt includes cache reads and writes, cached is
+    `cacheReadInputTokens`; reasoning 0 (Converse does not count it apart)."""
     return cache_usage(
         u, "inputTokens", "outputTokens", "cacheReadInputTokens", "cacheWriteInputTokens"
     )
 
 
-def usage_of(resp: dict[str, Any]) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) of a Converse response; prompt includes cache."""
+def usage_of(resp: dict[str, Any]) -> Usage | None:
+    """Usage of a Converse response (prompt includes the prompt cache), None without one."""
     u = resp.get("usage")
-    return _usage(u)[:2] if isinstance(u, dict) else None
+    return _usage(u) if isinstance(u, dict) else None
+
+
+def _openai_usage(u: Usage) -> dict[str, Any]:
+    """The canonical usage object (no completion_tokens_details: no reasoning count)."""
+    return openai_usage(u.prompt, u.completion, u.cached)
 
 
 def _new_id() -> str:
@@ -432,7 +433,7 @@ def response_to_openai(resp: dict[str, Any], model: str) -> bytes:
         "model": model,
         "choices": [{"index": 0, "message": message, "logprobs": None,
                      "finish_reason": finish_reason(resp.get("stopReason"))}],
-        "usage": openai_usage(*_usage(resp.get("usage"))),
+        "usage": _openai_usage(_usage(resp.get("usage"))),
     })
 
 
@@ -572,14 +573,13 @@ class StreamToOpenAI(StreamTranslator[Message]):
                 self.finish_reason = finish_reason(ev.get("stopReason"))
                 out.append(w.finish(self.finish_reason))
         elif kind == "metadata":
-            prompt, completion, self.cached_tokens = _usage(ev.get("usage"))
-            self.usage = (prompt, completion)
+            self.usage = usage = _usage(ev.get("usage"))
             if self.finish_reason is None:  # metadata is the last event; no stop was seen
                 out.append(self._fail("upstream stream ended before messageStop",
                                       "api_error", None))
                 return
             if self._include_usage:
-                out.append(w.usage(openai_usage(prompt, completion, self.cached_tokens)))
+                out.append(w.usage(_openai_usage(usage)))
             out.append(DONE_FRAME)
             self.done = True
         # messageStart (opened above), contentBlockStop and future events: nothing to send.
@@ -591,58 +591,6 @@ class StreamToOpenAI(StreamTranslator[Message]):
         if idx is None:
             idx = self._tools[key] = len(self._tools)
         return idx
-
-
-# --------------------------------------------------------------------------------- auth
-
-
-class _SigV4(SigV4Auth):
-    """botocore's SigV4 with the signing key derived once per UTC day, not per request."""
-
-    def __init__(self, credentials: Credentials, service: str, region: str) -> None:
-        super().__init__(credentials, service, region)
-        self._day_key = ("", b"")  # one tuple: swapped atomically
-
-    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
-        day = request.context["timestamp"][0:8]
-        cached_day, key = self._day_key
-        if day != cached_day:
-            key = self._sign(f"AWS4{self.credentials.secret_key}".encode(), day)
-            for part in (self._region_name, self._service_name, "aws4_request"):
-                key = self._sign(key, part)
-            self._day_key = (day, key)
-        sig: str = self._sign(key, string_to_sign, hex=True)
-        return sig
-
-
-@functools.lru_cache(maxsize=64)
-def _signer(region: str, access_key: str, secret_key: str, token: str | None) -> SigV4Auth:
-    """One signer per provider credentials (building Credentials per request is waste)."""
-    return _SigV4(Credentials(access_key, secret_key, token), SERVICE, region)
-
-
-def sign(
-    method: str,
-    url: str,
-    headers: dict[str, str],
-    body: bytes,
-    region: str,
-    access_key: str,
-    secret_key: str,
-    session_token: str | None,
-) -> dict[str, str]:
-    """SigV4 headers to add to a request (Authorization, X-Amz-Date, X-Amz-Security-Token).
-
-    `headers` are the ones to sign besides host and the X-Amz-* ones: sign only headers that
-    reach AWS unchanged. Pass `host` explicitly when it must match an `:authority` exactly.
-    """
-    request = AWSRequest(method=method, url=url, data=body, headers=headers)
-    _signer(region, access_key, secret_key, session_token or None).add_auth(request)
-    out = {"Authorization": request.headers["Authorization"],
-           "X-Amz-Date": request.headers["X-Amz-Date"]}
-    if session_token:
-        out["X-Amz-Security-Token"] = session_token
-    return out
 
 
 # --------------------------------------------------------------------------- embeddings

@@ -27,12 +27,15 @@ from typing import Any
 
 import orjson
 
-from .openai import (
+from switchyard.framing.sse import SSEEvent
+
+from .canonical import (
     DONE_FRAME,
     STATUS_ERRORS,
     ChunkWriter,
     SSETranslator,
     TranslationError,
+    Usage,
     content_parts,
     context_overflow,
     error_body,
@@ -46,7 +49,6 @@ from .openai import (
     unsupported_part,
     upstream_error_message,
 )
-from switchyard.framing.sse import SSEEvent
 
 __all__ = [
     "StreamToOpenAI",
@@ -501,23 +503,21 @@ def request_from_openai(req: dict[str, Any]) -> bytes:
 # --------------------------------------------------------------------------- responses
 
 
-def _usage(um: Any) -> tuple[int, int, int, int]:
-    """(prompt, completion incl. thoughts, cached, thoughts) from usageMetadata."""
+def _usage(um: Any) -> Usage:
+    """Usage of a usageMetadata object: completion includes thoughts (`thoughtsTokenCount`,
+    also the reasoning count), cached is `cachedContentTokenCount` (inside the prompt)."""
     if not isinstance(um, dict):
-        return 0, 0, 0, 0
+        return Usage(0, 0)
     thoughts = um.get("thoughtsTokenCount") or 0
     prompt = (um.get("promptTokenCount") or 0) + (um.get("toolUsePromptTokenCount") or 0)
     completion = (um.get("candidatesTokenCount") or 0) + thoughts
-    return prompt, completion, um.get("cachedContentTokenCount") or 0, thoughts
+    return Usage(prompt, completion, um.get("cachedContentTokenCount") or 0, thoughts)
 
 
-def usage_of(resp: dict[str, Any]) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens incl. thinking) of a response, None without usage."""
+def usage_of(resp: dict[str, Any]) -> Usage | None:
+    """Usage of a response (completion includes thinking), None without usageMetadata."""
     um = resp.get("usageMetadata")
-    if not isinstance(um, dict):
-        return None
-    prompt, completion, _, _ = _usage(um)
-    return prompt, completion
+    return _usage(um) if isinstance(um, dict) else None
 
 
 def _tool_call(
@@ -665,7 +665,7 @@ class StreamToOpenAI(SSETranslator):
     client gets an error chunk, never a clean-looking but truncated answer.
     """
 
-    __slots__ = ("_include_usage", "_open", "_tool_calls", "_w", "reasoning_tokens")
+    __slots__ = ("_include_usage", "_open", "_tool_calls", "_w")
 
     def __init__(self, model: str, include_usage: bool) -> None:
         super().__init__()
@@ -673,7 +673,6 @@ class StreamToOpenAI(SSETranslator):
         self._w = ChunkWriter(model, include_usage)  # started by the first event
         self._open: dict[int, bool] = {}  # candidate index -> finished?
         self._tool_calls: dict[int, int] = {}  # candidate index -> tool calls so far
-        self.reasoning_tokens = 0
 
     # -- internals
 
@@ -681,9 +680,7 @@ class StreamToOpenAI(SSETranslator):
         """Gemini's normal end: [DONE] if every candidate finished, else an error chunk."""
         if self._open and all(self._open.values()):
             if self._include_usage:
-                prompt, completion = self.usage or (0, 0)
-                usage = openai_usage(prompt, completion, self.cached_tokens, self.reasoning_tokens)
-                out.append(self._w.usage(usage))
+                out.append(self._w.usage(openai_usage(*(self.usage or Usage(0, 0)))))
             out.append(DONE_FRAME)
             self.done = True
         else:
@@ -711,8 +708,7 @@ class StreamToOpenAI(SSETranslator):
             self._w.start(_chat_id(obj))
         um = obj.get("usageMetadata")
         if isinstance(um, dict):
-            prompt, completion, self.cached_tokens, self.reasoning_tokens = _usage(um)
-            self.usage = (prompt, completion)
+            self.usage = _usage(um)
         cands = obj.get("candidates")
         if not isinstance(cands, list) or not cands:
             pf = obj.get("promptFeedback")
@@ -804,8 +800,8 @@ def embeddings_request(
     return f"/v1beta/{resource}:batchEmbedContents", orjson.dumps({"requests": reqs})
 
 
-def embeddings_usage_of(resp: dict[str, Any], vertex: bool) -> tuple[int, int] | None:
-    """(prompt_tokens, 0): Vertex counts tokens per instance; AI Studio reports none."""
+def embeddings_usage_of(resp: dict[str, Any], vertex: bool) -> Usage | None:
+    """Usage(prompt_tokens, 0): Vertex counts tokens per instance; AI Studio reports none."""
     if vertex:
         total = 0
         seen = False
@@ -814,10 +810,10 @@ def embeddings_usage_of(resp: dict[str, Any], vertex: bool) -> tuple[int, int] |
             if isinstance(stats, dict) and isinstance(stats.get("token_count"), int | float):
                 total += int(stats["token_count"])
                 seen = True
-        return (total, 0) if seen else None
+        return Usage(total, 0) if seen else None
     um = resp.get("usageMetadata")
     if isinstance(um, dict) and isinstance(um.get("promptTokenCount"), int):
-        return um["promptTokenCount"], 0
+        return Usage(um["promptTokenCount"], 0)
     return None
 
 
@@ -838,7 +834,7 @@ def embeddings_response(
         ]
     else:
         vectors = [e.get("values") or [] for e in resp.get("embeddings") or ()]
-    prompt = (embeddings_usage_of(resp, vertex) or (0, 0))[0]
+    prompt = (embeddings_usage_of(resp, vertex) or Usage(0, 0)).prompt
     out = {
         "object": "list",
         "data": [

@@ -18,17 +18,17 @@ import pytest_asyncio
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion
 
-from ext_proc.adapters import ADAPTERS
-from ext_proc.adapters.azure import AzureOpenAIAdapter
-from ext_proc.adapters.base import Buffered, ResponseHandler
-from ext_proc.adapters.bedrock import BedrockAdapter
-from ext_proc.adapters.openai import OpenAIAdapter
+from ext_proc.auth.sigv4 import sign
+from ext_proc.providers import PROVIDERS
+from ext_proc.providers.azure import AzureOpenAIProvider
+from ext_proc.providers.base import Buffered, ResponseHandler
+from ext_proc.providers.bedrock import BedrockProvider
+from ext_proc.providers.openai import OpenAIProvider
 from ext_proc.table import BackendInfo, ProviderInfo
-from ext_proc.translate.bedrock import sign
-from ext_proc.translate.openai import TranslationError
-from switchyard.framing.sse import SSEParser
+from ext_proc.translate.canonical import TranslationError, Usage
 from sim.common import SimOptions
 from sim.server import SimRunner, start_sim
+from switchyard.framing.sse import SSEParser
 
 FAST = SimOptions(ttft_ms=0, tokens_per_s=0)
 CHAT = {"model": "alias", "messages": [{"role": "user", "content": "hello there"}]}
@@ -59,10 +59,10 @@ def run(handler: ResponseHandler, body: bytes, piece: int = 5) -> bytes | None:
 
 
 def test_registered_kinds() -> None:
-    assert isinstance(ADAPTERS["azure_openai"], AzureOpenAIAdapter)
-    assert type(ADAPTERS["vllm"]) is OpenAIAdapter and type(ADAPTERS["tgi"]) is OpenAIAdapter
+    assert isinstance(PROVIDERS["azure_openai"], AzureOpenAIProvider)
+    assert type(PROVIDERS["vllm"]) is OpenAIProvider and type(PROVIDERS["tgi"]) is OpenAIProvider
     for kind in ("openai", "azure_openai", "vllm", "tgi", "bedrock"):
-        assert hasattr(ADAPTERS[kind], "embeddings_request")
+        assert hasattr(PROVIDERS[kind], "embeddings_request")
 
 
 # --- OpenAI / vLLM / TGI -------------------------------------------------------------------
@@ -70,7 +70,7 @@ def test_registered_kinds() -> None:
 
 def test_openai_chat_request() -> None:
     b = backend("openai", "gpt-4o-mini", api_key="sk-up", prefix="/pfx")
-    path, body, headers = OpenAIAdapter().request({**CHAT, "stream": True}, b)
+    path, body, headers = OpenAIProvider().request({**CHAT, "stream": True}, b)
     assert path == b"/pfx/v1/chat/completions"
     sent = orjson.loads(body)
     assert sent["model"] == "gpt-4o-mini" and sent["stream_options"] == {"include_usage": True}
@@ -80,7 +80,7 @@ def test_openai_chat_request() -> None:
 
 def test_openai_embeddings_request() -> None:
     b = backend("openai", "text-embedding-3-small", api_key="sk-up", prefix="/pfx")
-    path, body, headers = OpenAIAdapter().embeddings_request(EMBED, b)
+    path, body, headers = OpenAIProvider().embeddings_request(EMBED, b)
     assert path == b"/pfx/v1/embeddings"
     assert orjson.loads(body) == {**EMBED, "model": "text-embedding-3-small"}
     assert dict(headers)["authorization"] == b"Bearer sk-up"
@@ -88,9 +88,9 @@ def test_openai_embeddings_request() -> None:
 
 def test_vllm_without_key_sends_no_authorization() -> None:
     b = backend("vllm", "meta-llama/Llama-3.1-8B")
-    adapter = ADAPTERS["vllm"]
+    adapter = PROVIDERS["vllm"]
     for path, _, headers in (adapter.request(CHAT, b),
-                             OpenAIAdapter().embeddings_request(EMBED, b)):
+                             OpenAIProvider().embeddings_request(EMBED, b)):
         assert path.startswith(b"/v1/")
         assert "authorization" not in dict(headers)
 
@@ -99,12 +99,12 @@ def test_openai_embeddings_response_reads_usage_only() -> None:
     b = backend("openai", "text-embedding-3-small")
     ok = orjson.dumps({"object": "list", "data": [], "model": "m",
                        "usage": {"prompt_tokens": 7, "total_tokens": 7}})
-    h = OpenAIAdapter().embeddings_response(200, "application/json", EMBED, b)
+    h = OpenAIProvider().embeddings_response(200, "application/json", EMBED, b)
     assert isinstance(h, Buffered) and not h.streaming and not h.rewrites
-    assert run(h, ok) is None and h.usage == (7, 0)
-    err = OpenAIAdapter().embeddings_response(400, "application/json", EMBED, b)
+    assert run(h, ok) is None and h.usage == Usage(7, 0)
+    err = OpenAIProvider().embeddings_response(400, "application/json", EMBED, b)
     assert run(err, b'{"error": {"message": "bad"}}') is None and err.usage is None
-    junk = OpenAIAdapter().embeddings_response(200, "application/json", EMBED, b)
+    junk = OpenAIProvider().embeddings_response(200, "application/json", EMBED, b)
     assert run(junk, b"not json") is None and junk.usage is None
 
 
@@ -115,7 +115,7 @@ AZ_OPTS = {"api_version": "2024-10-21"}
 
 def test_azure_chat_request() -> None:
     b = backend("azure_openai", "my gpt/4o", api_key="az-key", prefix="/pfx", options=AZ_OPTS)
-    path, body, headers = AzureOpenAIAdapter().request({**CHAT, "stream": True}, b)
+    path, body, headers = AzureOpenAIProvider().request({**CHAT, "stream": True}, b)
     assert path == (b"/pfx/openai/deployments/my%20gpt%2F4o/chat/completions"
                     b"?api-version=2024-10-21")
     sent = orjson.loads(body)
@@ -126,7 +126,7 @@ def test_azure_chat_request() -> None:
 
 def test_azure_embeddings_request() -> None:
     b = backend("azure_openai", "embed-dep", api_key="az-key", options=AZ_OPTS)
-    path, body, headers = AzureOpenAIAdapter().embeddings_request(EMBED, b)
+    path, body, headers = AzureOpenAIProvider().embeddings_request(EMBED, b)
     assert path == b"/openai/deployments/embed-dep/embeddings?api-version=2024-10-21"
     assert orjson.loads(body) == {**EMBED, "model": "embed-dep"}
     assert "authorization" not in dict(headers) and dict(headers)["api-key"] == b"az-key"
@@ -134,7 +134,7 @@ def test_azure_embeddings_request() -> None:
 
 def test_azure_without_api_version_is_a_gateway_error() -> None:
     b = backend("azure_openai", "dep", api_key="az-key")
-    for call in (AzureOpenAIAdapter().request, AzureOpenAIAdapter().embeddings_request):
+    for call in (AzureOpenAIProvider().request, AzureOpenAIProvider().embeddings_request):
         with pytest.raises(TranslationError) as info:
             call(CHAT, b)
         assert info.value.status == 500 and info.value.code == "missing_api_version"
@@ -143,11 +143,11 @@ def test_azure_without_api_version_is_a_gateway_error() -> None:
 
 def test_azure_responses_like_openai() -> None:
     b = backend("azure_openai", "dep", options=AZ_OPTS)
-    a = AzureOpenAIAdapter()
+    a = AzureOpenAIProvider()
     body = orjson.dumps({"id": "x", "choices": [], "usage": {"prompt_tokens": 3,
                                                              "completion_tokens": 4}})
     h = a.response(200, "application/json", CHAT, b)
-    assert run(h, body) is None and h.usage == (3, 4)
+    assert run(h, body) is None and h.usage == Usage(3, 4)
     # A stream cut before [DONE] gets an error event appended, exactly as for OpenAI.
     chunk = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
     s = a.response(200, "text/event-stream; charset=utf-8", CHAT, b)
@@ -158,7 +158,7 @@ def test_azure_responses_like_openai() -> None:
     assert events[-1].data == b"[DONE]"
     e = a.embeddings_response(200, "application/json", EMBED, b)
     assert run(e, b'{"usage": {"prompt_tokens": 2, "total_tokens": 2}}') is None
-    assert e.usage == (2, 0)
+    assert e.usage == Usage(2, 0)
 
 
 # --- Bedrock embeddings --------------------------------------------------------------------
@@ -169,7 +169,7 @@ def test_bedrock_embeddings_request_signed(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
     b = backend("bedrock", TITAN, prefix="/pfx", options=AWS,
                 authority=b"bedrock-runtime.us-east-1.amazonaws.com")
-    path, body, headers = BedrockAdapter().embeddings_request(
+    path, body, headers = BedrockProvider().embeddings_request(
         {"model": "alias", "input": "hello world", "dimensions": 256}, b)
     assert path == b"/pfx/model/amazon.titan-embed-text-v2%3A0/invoke"
     assert orjson.loads(body) == {"inputText": "hello world", "dimensions": 256}
@@ -186,50 +186,50 @@ def test_bedrock_embeddings_request_signed(monkeypatch: pytest.MonkeyPatch) -> N
 def test_bedrock_embeddings_one_call_only() -> None:
     titan = backend("bedrock", TITAN, options=AWS)
     with pytest.raises(TranslationError) as info:
-        BedrockAdapter().embeddings_request({"model": "a", "input": ["a", "b"]}, titan)
+        BedrockProvider().embeddings_request({"model": "a", "input": ["a", "b"]}, titan)
     assert info.value.param == "input" and "at most 1 " in info.value.message
     cohere = backend("bedrock", COHERE, options=AWS)
     with pytest.raises(TranslationError) as info:
-        BedrockAdapter().embeddings_request({"model": "a", "input": ["x"] * 97}, cohere)
+        BedrockProvider().embeddings_request({"model": "a", "input": ["x"] * 97}, cohere)
     assert info.value.param == "input" and "at most 96 " in info.value.message
-    _, body, _ = BedrockAdapter().embeddings_request({"model": "a", "input": ["x"] * 96}, cohere)
+    _, body, _ = BedrockProvider().embeddings_request({"model": "a", "input": ["x"] * 96}, cohere)
     assert len(orjson.loads(body)["texts"]) == 96
 
 
 def test_bedrock_embeddings_request_errors() -> None:
     b = backend("bedrock", TITAN, options=AWS)
     with pytest.raises(TranslationError) as info:
-        BedrockAdapter().embeddings_request(
+        BedrockProvider().embeddings_request(
             {"model": "a", "input": "x", "encoding_format": "hex"}, b)
     assert info.value.param == "encoding_format"
     no_creds = backend("bedrock", TITAN, options={"region": "us-east-1"})
     with pytest.raises(TranslationError) as info:
-        BedrockAdapter().embeddings_request({"model": "a", "input": "x"}, no_creds)
+        BedrockProvider().embeddings_request({"model": "a", "input": "x"}, no_creds)
     assert info.value.status == 500 and info.value.code == "missing_credentials"
     with pytest.raises(TranslationError) as info:
-        BedrockAdapter().embeddings_request({"model": "a", "input": [1, 2]}, b)
+        BedrockProvider().embeddings_request({"model": "a", "input": [1, 2]}, b)
     assert info.value.param == "input"
 
 
 def test_bedrock_embeddings_response() -> None:
     b = backend("bedrock", TITAN, options=AWS)
     titan = orjson.dumps({"embedding": [0.5, -0.25], "inputTextTokenCount": 3})
-    h = BedrockAdapter().embeddings_response(200, "application/json", {"input": "a"}, b)
+    h = BedrockProvider().embeddings_response(200, "application/json", {"input": "a"}, b)
     out = run(h, titan)
     assert out is not None and h.rewrites and h.content_type == b"application/json"
     parsed = CreateEmbeddingResponse.model_validate_json(out)
     assert parsed.data[0].embedding == [0.5, -0.25] and parsed.model == TITAN
-    assert parsed.usage.prompt_tokens == 3 and h.usage == (3, 0)
-    h64 = BedrockAdapter().embeddings_response(
+    assert parsed.usage.prompt_tokens == 3 and h.usage == Usage(3, 0)
+    h64 = BedrockProvider().embeddings_response(
         200, "application/json", {"input": "a", "encoding_format": "base64"}, b)
     raw = base64.b64decode(orjson.loads(run(h64, titan) or b"")["data"][0]["embedding"])
     assert struct.unpack("<2f", raw) == (0.5, -0.25)
     # Cohere counts tokens only in a response header: no usage from the body.
-    hc = BedrockAdapter().embeddings_response(200, "application/json", {"input": ["a", "b"]},
+    hc = BedrockProvider().embeddings_response(200, "application/json", {"input": ["a", "b"]},
                                               backend("bedrock", COHERE, options=AWS))
     data = orjson.loads(run(hc, b'{"embeddings": [[1.0], [2.0]], "id": "x"}') or b"")
     assert [d["embedding"] for d in data["data"]] == [[1.0], [2.0]] and hc.usage is None
-    err = BedrockAdapter().embeddings_response(400, "application/json", {"input": "a"}, b)
+    err = BedrockProvider().embeddings_response(400, "application/json", {"input": "a"}, b)
     body = orjson.loads(run(err, b'{"message": "Malformed input request"}') or b"")
     assert body["error"]["message"] == "Malformed input request"
     assert body["error"]["type"] == "invalid_request_error"
@@ -276,7 +276,7 @@ async def _exchange(sim: SimRunner, path: bytes, body: bytes, headers: Any,
 async def test_embeddings_through_adapter_and_sim(
     sims: dict[str, SimRunner], kind: str, model: str, encoding: str
 ) -> None:
-    adapter: Any = ADAPTERS[kind]
+    adapter: Any = PROVIDERS[kind]
     b = _sim_backend(sims, kind, model)
     req = {"model": "alias", "input": "switchyard embeds text", "encoding_format": encoding}
     path, body, headers = adapter.embeddings_request(req, b)
@@ -299,7 +299,7 @@ async def test_embeddings_through_adapter_and_sim(
 async def test_chat_through_adapter_and_sim(
     sims: dict[str, SimRunner], kind: str, model: str
 ) -> None:
-    adapter = ADAPTERS[kind]
+    adapter = PROVIDERS[kind]
     b = _sim_backend(sims, kind, model)
     path, body, headers = adapter.request(CHAT, b)
     status, out = await _exchange(sims[kind], path, body, headers,

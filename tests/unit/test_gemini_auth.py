@@ -25,11 +25,11 @@ from google.auth import exceptions as gexc
 from structlog.testing import capture_logs
 
 from ext_proc import auth
-from ext_proc.adapters import ADAPTERS
-from ext_proc.adapters.gemini import VertexAdapter
-from ext_proc.auth import CLOUD_PLATFORM, GoogleTokenSource, token_source_for
+from ext_proc.auth.google import CLOUD_PLATFORM, GoogleTokenSource, token_source_for
+from ext_proc.providers import PROVIDERS
+from ext_proc.providers.gemini import VertexProvider
 from ext_proc.table import BackendInfo, ProviderInfo
-from ext_proc.translate.openai import TranslationError
+from ext_proc.translate.canonical import TranslationError, Usage, usage_from
 from sim.common import SimOptions
 from sim.gemini import fake_service_account
 from sim.server import SimRunner, start_sim
@@ -253,8 +253,8 @@ REQ = {"model": "flash", "messages": [{"role": "user", "content": "hello vertex"
 async def test_vertex_adapter_before_token_is_503(
     sa_file: Path, sources: list[GoogleTokenSource]
 ) -> None:
-    adapter = ADAPTERS["vertex"]
-    assert isinstance(adapter, VertexAdapter)
+    adapter = PROVIDERS["vertex"]
+    assert isinstance(adapter, VertexProvider)
     backend = vertex_backend(str(sa_file))
     with pytest.raises(TranslationError) as err:
         adapter.request(REQ, backend)
@@ -269,7 +269,7 @@ async def test_vertex_adapter_before_token_is_503(
 async def test_vertex_adapter_end_to_end(
     vertex_sim: SimRunner, sa_file: Path, sources: list[GoogleTokenSource]
 ) -> None:
-    adapter = VertexAdapter()
+    adapter = VertexProvider()
     backend = vertex_backend(str(sa_file))
     adapter.warm(backend.provider)
     token = await wait_for(token_source_for(str(sa_file)).get)
@@ -291,7 +291,7 @@ async def test_vertex_adapter_end_to_end(
         assert out["choices"][0]["message"]["content"].startswith(
             "Simulated reply from vtx-sim to: hello vertex"
         )
-        assert handler.usage == (out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
+        assert handler.usage == usage_from(out["usage"])
 
         # streamed
         sreq = {**REQ, "stream": True, "stream_options": {"include_usage": True}}
@@ -321,7 +321,7 @@ async def test_vertex_adapter_end_to_end(
 async def test_vertex_embeddings_through_adapter(
     vertex_sim: SimRunner, sa_file: Path, sources: list[GoogleTokenSource]
 ) -> None:
-    adapter = VertexAdapter()
+    adapter = VertexProvider()
     backend = vertex_backend(str(sa_file))
     adapter.warm(backend.provider)
     await wait_for(token_source_for(str(sa_file)).get)
@@ -337,4 +337,4 @@ async def test_vertex_embeddings_through_adapter(
     handler.feed(resp.content)
     out = orjson.loads(handler.finish() or b"")
     assert [len(d["embedding"]) for d in out["data"]] == [16, 16]
-    assert handler.usage == (3, 0)
+    assert handler.usage == Usage(3, 0)

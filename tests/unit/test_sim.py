@@ -16,7 +16,7 @@ import pytest_asyncio
 from openai.types.chat import ChatCompletion
 
 from ext_proc.translate import anthropic as to_anthropic
-from ext_proc.translate import anthropic_ingress as ingress
+from ext_proc.translate import anthropic_messages as ingress
 from sim.common import SimOptions
 from sim.server import SimRunner, create_app, start_sim
 

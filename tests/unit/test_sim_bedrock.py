@@ -15,13 +15,14 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from ext_proc.adapters.bedrock import BedrockAdapter
+from ext_proc.auth.sigv4 import sign
+from ext_proc.providers.bedrock import BedrockProvider
 from ext_proc.table import BackendInfo, ProviderInfo
 from ext_proc.translate import bedrock
-from switchyard.framing.eventstream import EventStreamDecoder
-from switchyard.framing.sse import SSEParser
 from sim.common import SimOptions
 from sim.server import SimRunner, start_sim
+from switchyard.framing.eventstream import EventStreamDecoder
+from switchyard.framing.sse import SSEParser
 
 FAST = SimOptions(ttft_ms=0, tokens_per_s=0)
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
@@ -212,7 +213,7 @@ async def test_auth_shape_checked(sim: SimRunner) -> None:
                  "aws4_request, SignedHeaders=host, Signature=00", "X-Amz-Date": "x"}
         r = await http.post(url, content=body, headers=wrong)
         assert r.status_code == 403 and "bedrock" in r.json()["message"]
-        signed = bedrock.sign("POST", sim.base_url + url, {}, body, "us-east-1", "AK", "s", None)
+        signed = sign("POST", sim.base_url + url, {}, body, "us-east-1", "AK", "s", None)
         r = await http.post(url, content=body, headers={**signed, "Authorization":
                                                           signed["Authorization"]})
         assert r.status_code == 200
@@ -226,7 +227,7 @@ async def test_auth_shape_checked(sim: SimRunner) -> None:
 async def test_stream_frames_on_the_wire(sim: SimRunner) -> None:
     body = orjson.dumps({"messages": [user("hi")]})
     url = bedrock.path(MODEL, True)
-    signed = bedrock.sign("POST", sim.base_url + url, {}, body, "us-east-1", "AK", "s", None)
+    signed = sign("POST", sim.base_url + url, {}, body, "us-east-1", "AK", "s", None)
     async with httpx.AsyncClient(base_url=sim.base_url) as http:
         r = await http.post(url, content=body, headers=signed)
     assert r.headers["content-type"] == bedrock.EVENTSTREAM
@@ -254,7 +255,7 @@ def _backend(sim: SimRunner) -> BackendInfo:
 async def _through_adapter(sim: SimRunner, req: dict[str, Any], chunk: int = 7) -> bytes:
     """What the gateway would send the client, with the body fed in small pieces."""
     backend = _backend(sim)
-    adapter = BedrockAdapter()
+    adapter = BedrockProvider()
     path, body, headers = adapter.request(req, backend)
     async with httpx.AsyncClient(base_url=sim.base_url) as http:
         r = await http.post(path.decode(), content=body,
@@ -328,7 +329,7 @@ async def test_reset_mid_stream_becomes_an_error_chunk(sim: SimRunner) -> None:
     sim.state.set_options(FAST.patched({"reset_after_chunks": 3}))
     backend = _backend(sim)
     req = {"messages": [{"role": "user", "content": "x"}], "stream": True}
-    path, body, headers = BedrockAdapter().request(req, backend)
+    path, body, headers = BedrockProvider().request(req, backend)
     conv = bedrock.StreamToOpenAI("m", False)
     got = b""
     async with httpx.AsyncClient(base_url=sim.base_url) as http:

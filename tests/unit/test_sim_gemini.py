@@ -20,6 +20,7 @@ from google.oauth2 import service_account
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ext_proc.translate import gemini as tr
+from ext_proc.translate.canonical import usage_from
 from sim.common import SimOptions
 from sim.gemini import embedding, fake_service_account
 from sim.server import SimRunner, start_sim
@@ -711,7 +712,8 @@ async def test_translator_against_the_sim(gem_sim: SimRunner, req: dict[str, Any
     )
     assert streamed == (choice["message"]["content"] or "")
     assert t.finish_reason == choice["finish_reason"]
-    assert t.usage == (out["usage"]["prompt_tokens"], out["usage"]["completion_tokens"])
+    # the whole usage (cached and reasoning tokens too), as the buffered answer reports it
+    assert t.usage == usage_from(out["usage"])
     if req.get("tools"):
         assert choice["finish_reason"] == "tool_calls"
         assert choice["message"]["tool_calls"][0]["function"]["name"] == "search"

@@ -24,7 +24,7 @@ from ext_proc.translate.anthropic import (
     response_to_openai,
     usage_of,
 )
-from ext_proc.translate.openai import TranslationError
+from ext_proc.translate.canonical import TranslationError, Usage
 from switchyard.framing.sse import SSEParser
 
 # ---------------------------------------------------------------------------- requests
@@ -340,7 +340,7 @@ def test_response_mapping() -> None:
     assert cc.usage.total_tokens == 122
     assert cc.usage.prompt_tokens_details is not None
     assert cc.usage.prompt_tokens_details.cached_tokens == 100
-    assert usage_of(MESSAGE) == (115, 7)
+    assert usage_of(MESSAGE) == Usage(115, 7, cached=100)
     assert usage_of({}) is None
 
 
@@ -541,7 +541,7 @@ def test_stream_translation(include_usage: bool) -> None:
         assert all("usage" not in o for o in objs)
         assert all(c.choices for c in parsed)
 
-    assert conv.usage == (500, 15)
+    assert conv.usage == Usage(500, 15, cached=28)
     assert conv.done
     assert conv.error is None
     assert conv.finish_reason == "stop"
@@ -560,7 +560,7 @@ def test_stream_any_split_matches_whole(cuts: list[int], include_usage: bool, cr
     whole, _ = convert(stream, include_usage)
     split, conv = convert(stream, include_usage, cuts)
     assert no_created(split) == no_created(whole)
-    assert conv.usage == (500, 15)
+    assert conv.usage == Usage(500, 15, cached=28)
 
 
 def test_stream_byte_at_a_time() -> None:
@@ -1113,7 +1113,7 @@ def test_stream_tool_calls_and_thinking() -> None:
         "function": {"name": "get_weather", "arguments": ""},
     }
     assert conv.finish_reason == "tool_calls"
-    assert conv.usage == (500, 42)
+    assert conv.usage == Usage(500, 42, cached=28)
     assert b"EqQBCgIYAhIM" not in out and b"abc" not in out  # signatures, redacted: dropped
 
 

@@ -22,22 +22,21 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from ext_proc.translate import anthropic as to_anthropic
-from ext_proc.translate.anthropic_ingress import (
+from ext_proc.translate.anthropic import StreamUsageReader, rename_model
+from ext_proc.translate.anthropic import usage_of as usage_of_message
+from ext_proc.translate.anthropic_messages import (
     PATH,
     StreamFromOpenAI,
-    StreamUsageReader,
     error_body,
     error_event,
     error_from_openai,
     error_type,
-    rename_model,
     request_to_openai,
     response_from_openai,
     translation_error_body,
-    usage_of_message,
     validate,
 )
-from ext_proc.translate.openai import TranslationError
+from ext_proc.translate.canonical import TranslationError, Usage
 from switchyard.framing.sse import SSEParser
 
 EVENT = TypeAdapter(RawMessageStreamEvent)
@@ -775,7 +774,7 @@ def test_response_from_openai(resp: dict[str, Any], content: list[Any], stop: st
     assert msg.type == "message" and msg.role == "assistant" and msg.stop_sequence is None
     assert (msg.usage.input_tokens, msg.usage.output_tokens) == (20, 30)
     assert msg.usage.cache_read_input_tokens == 100
-    assert usage_of_message(out) == (120, 30)
+    assert usage_of_message(out) == Usage(120, 30, cached=100)
 
 
 def test_response_without_usage_or_choices() -> None:
@@ -989,8 +988,7 @@ def test_stream_event_sequence() -> None:
         "input_tokens": 20,
         "cache_read_input_tokens": 100,
     }
-    assert conv.usage == (120, 30)
-    assert conv.cached_tokens == 100
+    assert conv.usage == Usage(120, 30, cached=100)
     assert conv.done and conv.error is None
     assert conv.stop_reason == "tool_use" and conv.finish_reason == "tool_calls"
     assert conv.first_token_at is not None
@@ -1022,7 +1020,7 @@ def test_stream_any_split_matches_whole(cuts: list[int], crlf: bool) -> None:
     whole, _ = convert(stream)
     split, conv = convert(stream, cuts)
     assert split == whole
-    assert conv.usage == (120, 30)
+    assert conv.usage == Usage(120, 30, cached=100)
 
 
 def test_stream_byte_at_a_time() -> None:
@@ -1138,7 +1136,7 @@ def test_stream_finish_without_done_still_completes() -> None:
     )
     objs = events(out)
     assert objs[-1]["type"] == "message_stop"
-    assert conv.error is None and conv.usage == (120, 30)
+    assert conv.error is None and conv.usage == Usage(120, 30, cached=100)
 
 
 def test_stream_malformed_chunk_is_an_error() -> None:
@@ -1200,8 +1198,7 @@ def test_usage_reader_passes_bytes_through() -> None:
     reader = StreamUsageReader()
     assert reader.feed(ANTHROPIC_STREAM) is ANTHROPIC_STREAM  # whole frames: no copy
     assert reader.finish() == b""
-    assert reader.usage == (50, 7)
-    assert reader.cached_tokens == 30
+    assert reader.usage == Usage(50, 7, cached=30)
     assert reader.stop_reason == "end_turn"
     assert reader.done and reader.error is None
     assert reader.first_token_at is not None
@@ -1218,7 +1215,7 @@ def test_usage_reader_any_split(cuts: list[int], crlf: bool) -> None:
     stream = ANTHROPIC_STREAM.replace(b"\n", b"\r\n") if crlf else ANTHROPIC_STREAM
     out, reader = read(stream, [c % (len(stream) + 1) for c in cuts])
     assert out == stream  # byte for byte, whatever the chunking
-    assert reader.usage == (50, 7)
+    assert reader.usage == Usage(50, 7, cached=30)
     assert reader.done and reader.error is None
 
 
@@ -1230,7 +1227,7 @@ def test_usage_reader_early_end_gets_a_clean_error() -> None:
     last = SSEParser().feed(out)[-1]
     assert last.event == "error"
     ErrorResponse.model_validate(orjson.loads(last.data))
-    assert reader.error is not None and reader.usage == (50, 1)
+    assert reader.error is not None and reader.usage == Usage(50, 1, cached=30)
 
 
 def test_usage_reader_last_frame_without_blank_line() -> None:

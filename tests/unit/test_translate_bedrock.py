@@ -25,9 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from ext_proc.adapters import ADAPTERS
-from ext_proc.adapters.base import Buffered, Stream
-from ext_proc.adapters.bedrock import BedrockAdapter
+from ext_proc.auth.sigv4 import sign
+from ext_proc.providers import PROVIDERS
+from ext_proc.providers.base import Buffered, Stream
+from ext_proc.providers.bedrock import BedrockProvider
 from ext_proc.table import BackendInfo, ProviderInfo
 from ext_proc.translate.bedrock import (
     EVENTSTREAM,
@@ -38,11 +39,10 @@ from ext_proc.translate.bedrock import (
     path,
     request_from_openai,
     response_to_openai,
-    sign,
     usage_of,
 )
+from ext_proc.translate.canonical import TranslationError, Usage
 from switchyard.framing.eventstream import encode
-from ext_proc.translate.openai import TranslationError
 from switchyard.framing.sse import SSEParser
 
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
@@ -393,7 +393,7 @@ def test_response_mapping() -> None:
     assert out["choices"][0]["finish_reason"] == "stop"
     assert out["usage"] == {"prompt_tokens": 30, "completion_tokens": 5, "total_tokens": 35,
                             "prompt_tokens_details": {"cached_tokens": 15}}
-    assert usage_of(RESPONSE) == (30, 5)
+    assert usage_of(RESPONSE) == Usage(30, 5, cached=15)
     assert usage_of({}) is None
 
 
@@ -588,7 +588,7 @@ def test_stream_translation(include_usage: bool) -> None:
         assert all(o["usage"] is None for o in objs[:-1])
     else:
         assert all("usage" not in o for o in objs)
-    assert conv.usage == (500, 15) and conv.done and conv.error is None
+    assert conv.usage == Usage(500, 15, cached=28) and conv.done and conv.error is None
     assert conv.finish_reason == "stop" and conv.first_token_at is not None
 
 
@@ -610,7 +610,7 @@ def test_stream_tool_calls_and_reasoning() -> None:
     assert calls == {0: {"id": "tu_a", "name": "get_weather", "args": '{"city": "Paris"}'},
                      1: {"id": "tu_b", "name": "get_weather", "args": '{"city": "Rome"}'}}
     assert parsed[-1].choices[0].finish_reason == "tool_calls"
-    assert conv.usage == (50, 30)
+    assert conv.usage == Usage(50, 30)
 
 
 def test_stream_tool_calls_through_openai_sdk() -> None:
@@ -711,7 +711,7 @@ def test_stream_clean_frames_but_no_message_stop_is_an_error() -> None:
     assert "ended before messageStop" in chunks(out)[-1]["error"]["message"]
     out, conv = convert(b"".join([*EVENTS[:4], EVENTS[6]]), True)  # metadata without stop
     assert "ended before messageStop" in chunks(out)[-1]["error"]["message"]
-    assert conv.usage == (500, 15)
+    assert conv.usage == Usage(500, 15, cached=28)
 
 
 def test_stream_without_metadata_still_completes() -> None:
@@ -899,7 +899,7 @@ CREDS = {"region": "us-east-1", "aws_access_key_id": "AKIDTEST",
 
 
 def test_adapter_registered() -> None:
-    assert isinstance(ADAPTERS["bedrock"], BedrockAdapter)
+    assert isinstance(PROVIDERS["bedrock"], BedrockProvider)
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -907,7 +907,7 @@ def test_adapter_request(stream: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     now = datetime.datetime(2025, 1, 2, 3, 4, 5)
     monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: now)
     req = {"model": "alias", "messages": [user("hi")], "stream": stream}
-    p, body, headers = BedrockAdapter().request(req, backend(CREDS, "/pfx"))
+    p, body, headers = BedrockProvider().request(req, backend(CREDS, "/pfx"))
     assert p == ("/pfx" + path(MODEL, stream)).encode()
     assert body == request_from_openai(req, MODEL)
     h = dict(headers)
@@ -924,7 +924,7 @@ def test_adapter_request(stream: bool, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_adapter_missing_credentials(missing: str) -> None:
     opts = {k: v for k, v in CREDS.items() if k != missing}
     with pytest.raises(TranslationError) as ei:
-        BedrockAdapter().request({"messages": [user("hi")]}, backend(opts))
+        BedrockProvider().request({"messages": [user("hi")]}, backend(opts))
     assert ei.value.status == 500
     assert ei.value.code in ("missing_credentials", "missing_region")
     assert "bedrock-east" in ei.value.message
@@ -932,14 +932,14 @@ def test_adapter_missing_credentials(missing: str) -> None:
 
 
 def test_adapter_responses() -> None:
-    a = BedrockAdapter()
+    a = BedrockProvider()
     b = backend(CREDS)
     req = {"messages": [user("hi")], "stream": True, "stream_options": {"include_usage": True}}
     h = a.response(200, EVENTSTREAM, req, b)
     assert isinstance(h, Stream) and h.streaming
     out = h.feed(STREAM) + h.finish()
     assert chunks(out)[-1]["usage"]["completion_tokens"] == 15
-    assert h.usage == (500, 15)
+    assert h.usage == Usage(500, 15, cached=28)
 
     h = a.response(200, "application/json", {"messages": [user("hi")]}, b)
     assert isinstance(h, Buffered) and not h.streaming
@@ -947,7 +947,7 @@ def test_adapter_responses() -> None:
     done = h.finish()
     assert done is not None
     assert orjson.loads(done)["choices"][0]["message"]["content"] == "Hello, world!"
-    assert h.usage == (30, 5)
+    assert h.usage == Usage(30, 5, cached=15)
 
     h = a.response(429, "application/json", {"messages": [user("hi")]}, b)
     h.feed(orjson.dumps({"message": "Too many requests, please wait."}))

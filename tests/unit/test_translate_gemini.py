@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from ext_proc.translate.canonical import TranslationError, Usage
 from ext_proc.translate.gemini import (
     SKIP_SIGNATURE,
     StreamToOpenAI,
@@ -34,7 +35,6 @@ from ext_proc.translate.gemini import (
     usage_of,
     vertex_path,
 )
-from ext_proc.translate.openai import TranslationError
 
 # ------------------------------------------------------------------ google-side checks
 
@@ -774,7 +774,7 @@ def test_response_text_reasoning_and_usage() -> None:
         "prompt_tokens_details": {"cached_tokens": 4},
         "completion_tokens_details": {"reasoning_tokens": 3},
     }
-    assert usage_of(gresp(usageMetadata=USAGE)) == (10, 8)
+    assert usage_of(gresp(usageMetadata=USAGE)) == Usage(10, 8, cached=4, reasoning=3)
     assert usage_of(gresp()) is None
 
 
@@ -1089,7 +1089,7 @@ def test_stream_text() -> None:
     assert usage_chunk["usage"]["completion_tokens_details"] == {"reasoning_tokens": 3}
     assert usage_chunk["usage"]["prompt_tokens_details"] == {"cached_tokens": 4}
     assert all(isinstance(f, str) or f["id"] == "chatcmpl-s1" for f in frames)
-    assert t.usage == (10, 8)
+    assert t.usage == Usage(10, 8, cached=4, reasoning=3)
     assert t.finish_reason == "stop"
     assert t.error is None
     assert t.first_token_at is not None
@@ -1138,7 +1138,7 @@ def test_stream_function_calls() -> None:
         ),
         (0, {}, "tool_calls"),
     ]
-    assert t.usage == (3, 4)
+    assert t.usage == Usage(3, 4)
 
 
 def test_stream_prompt_blocked() -> None:
@@ -1154,7 +1154,7 @@ def test_stream_prompt_blocked() -> None:
         (0, {}, "content_filter"),
     ]
     assert chunks_of(out)[-1] == "[DONE]"
-    assert t.usage == (4, 0)
+    assert t.usage == Usage(4, 0)
 
 
 def test_stream_two_candidates() -> None:
@@ -1331,5 +1331,5 @@ def test_embeddings_response() -> None:
     assert out["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
     first = base64.b64decode(out["data"][0]["embedding"])
     assert struct.unpack("<1f", first) == (0.5,)
-    assert embeddings_usage_of(orjson.loads(v), vertex=True) == (7, 0)
+    assert embeddings_usage_of(orjson.loads(v), vertex=True) == Usage(7, 0)
     assert embeddings_usage_of({"embeddings": []}, vertex=False) is None

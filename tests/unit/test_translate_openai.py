@@ -12,12 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 
-from ext_proc.translate.openai import (
-    StreamRelay,
+from ext_proc.translate.canonical import (
     TranslationError,
+    Usage,
     client_wants_usage,
     error_body,
     error_event,
+)
+from ext_proc.translate.openai import (
+    StreamRelay,
     request_to_backend,
     rewrite_model,
     usage_of,
@@ -103,10 +106,10 @@ def test_request_stream_without_options() -> None:
 
 
 def test_usage_of() -> None:
-    assert usage_of({"usage": USAGE}) == (12, 3)
+    assert usage_of({"usage": USAGE}) == Usage(12, 3)
     assert usage_of({"usage": None}) is None
     assert usage_of({}) is None
-    assert usage_of({"usage": {"prompt_tokens": 5}}) == (5, 0)
+    assert usage_of({"usage": {"prompt_tokens": 5}}) == Usage(5, 0)
 
 
 def test_rewrite_model() -> None:
@@ -157,7 +160,7 @@ def test_error_event_frames() -> None:
 def test_relay_client_wants_usage_is_byte_identical() -> None:
     out, r = relay(STREAM, True, [])
     assert out == STREAM
-    assert r.usage == (12, 3)
+    assert r.usage == Usage(12, 3)
     assert r.saw_done
     assert r.error is None
 
@@ -165,7 +168,7 @@ def test_relay_client_wants_usage_is_byte_identical() -> None:
 def test_relay_strips_injected_usage_chunk() -> None:
     out, r = relay(STREAM, False, [])
     assert out == b"".join(BODY_FRAMES) + DONE
-    assert r.usage == (12, 3)
+    assert r.usage == Usage(12, 3)
     assert r.saw_done
     for ev in SSEParser().feed(out):
         if ev.data != b"[DONE]":
@@ -177,7 +180,7 @@ def test_relay_any_split(cuts: list[int], wants_usage: bool) -> None:
     whole, _ = relay(STREAM, wants_usage, [])
     out, r = relay(STREAM, wants_usage, cuts)
     assert out == whole
-    assert r.usage == (12, 3)
+    assert r.usage == Usage(12, 3)
     assert r.saw_done
 
 
@@ -186,7 +189,7 @@ def test_relay_keeps_usage_on_chunks_with_choices() -> None:
     frame = _chunk({"content": "x"}, usage=USAGE)
     out, r = relay(frame + DONE, False, [])
     assert out == frame + DONE
-    assert r.usage == (12, 3)
+    assert r.usage == Usage(12, 3)
 
 
 def test_relay_unterminated_tail_flushed() -> None:
@@ -196,14 +199,14 @@ def test_relay_unterminated_tail_flushed() -> None:
     assert r.saw_done
     out, r = relay(_chunk({"content": "x"}) + USAGE_FRAME[:-2], False, [])
     assert out == _chunk({"content": "x"})
-    assert r.usage == (12, 3)
+    assert r.usage == Usage(12, 3)
 
 
 def test_relay_crlf_stream() -> None:
     stream = STREAM.replace(b"\n", b"\r\n")
     out, r = relay(stream, False, [5, 100, 333])
     assert out == b"".join(BODY_FRAMES).replace(b"\n", b"\r\n") + DONE.replace(b"\n", b"\r\n")
-    assert r.usage == (12, 3)
+    assert r.usage == Usage(12, 3)
 
 
 def test_relay_records_error() -> None:

@@ -1,4 +1,4 @@
-"""Provider credentials that need more than a static key: Google OAuth access tokens.
+"""Google OAuth access tokens for provider credentials (Vertex AI).
 
 Vertex AI wants `Authorization: Bearer <access token>`. Minting one (a signed JWT exchanged at
 the token endpoint, or the metadata server under ADC) is blocking HTTP in google-auth, so it

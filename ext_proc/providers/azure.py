@@ -1,18 +1,19 @@
 """Azure OpenAI: the OpenAI schema under a per-deployment path with `api-version` and an
-`api-key` header, so only the request side differs from OpenAIAdapter."""
+`api-key` header, so only the request side differs from OpenAIProvider."""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote
 
-from ext_proc.adapters.base import Headers
-from ext_proc.adapters.openai import OpenAIAdapter, embeddings_body
+from ext_proc.providers.base import Headers
+from ext_proc.providers.openai import OpenAIProvider, embeddings_body
 from ext_proc.table import BackendInfo, ProviderInfo
 from ext_proc.translate import openai
+from ext_proc.translate.canonical import TranslationError
 
 
-class AzureOpenAIAdapter(OpenAIAdapter):
+class AzureOpenAIProvider(OpenAIProvider):
     """`backend.model` is the deployment name; responses are handled exactly as OpenAI's."""
 
     def request(self, req: dict[str, Any], backend: BackendInfo) -> tuple[bytes, bytes, Headers]:
@@ -29,7 +30,7 @@ def _path(backend: BackendInfo, operation: str) -> bytes:
     p = backend.provider
     version = p.options.get("api_version")
     if not version:  # config validation requires it; a table without it is a gateway bug
-        raise openai.TranslationError(
+        raise TranslationError(
             f"provider {p.name!r} has no api_version configured", status=500,
             code="missing_api_version")
     deployment = quote(backend.model, safe="")

@@ -11,20 +11,24 @@ from typing import Any
 
 import orjson
 
-from ext_proc.adapters.base import (
+from ext_proc.auth.google import token_source_for
+from ext_proc.providers.base import (
+    COMMON_UNSUPPORTED,
     Buffered,
     Headers,
     ResponseHandler,
     Stream,
-    Usage,
     is_sse,
     translated,
     translated_error,
+    unsupported_of,
 )
-from ext_proc.auth import token_source_for
 from ext_proc.table import BackendInfo, ProviderInfo
-from ext_proc.translate import gemini, openai
-from ext_proc.translate.openai import TranslationError
+from ext_proc.translate import gemini
+from ext_proc.translate.canonical import TranslationError, Usage, client_wants_usage
+
+#: Gemini has logprobs (responseLogprobs/logprobs), so only the rest of the common set.
+UNSUPPORTED = COMMON_UNSUPPORTED - {"logprobs", "top_logprobs"}
 
 _JSON: Headers = [("content-type", b"application/json")]
 
@@ -33,7 +37,7 @@ def _response(
     status: int, content_type: str, req: dict[str, Any], backend: BackendInfo
 ) -> ResponseHandler:
     if status < 300 and is_sse(content_type):
-        return Stream(gemini.StreamToOpenAI(backend.model, openai.client_wants_usage(req)))
+        return Stream(gemini.StreamToOpenAI(backend.model, client_wants_usage(req)))
     if status < 300:
         return translated(lambda data: gemini.response_to_openai(data, backend.model),
                           gemini.usage_of)
@@ -48,15 +52,18 @@ def _embeddings_handler(
     fmt = req.get("encoding_format")
     fmt = fmt if fmt == "base64" else "float"
 
-    def convert(body: bytes) -> tuple[bytes | None, Usage]:
+    def convert(body: bytes) -> tuple[bytes | None, Usage | None]:
         out = gemini.embeddings_response(body, backend.model, vertex, encoding_format=fmt)
         return out, gemini.embeddings_usage_of(orjson.loads(body), vertex)
 
     return Buffered(convert, rewrites=True)
 
 
-class GeminiAdapter:
+class GeminiProvider:
     """AI Studio: `/v1beta/models/{model}:generateContent`, API key in `x-goog-api-key`."""
+
+    def unsupported(self, body: dict[str, Any]) -> list[str]:
+        return unsupported_of(UNSUPPORTED, body)
 
     def _headers(self, p: ProviderInfo) -> Headers:
         return [*_JSON, ("x-goog-api-key", p.api_key.encode())] if p.api_key else _JSON
@@ -84,8 +91,11 @@ class GeminiAdapter:
         return _embeddings_handler(status, req, backend, vertex=False)
 
 
-class VertexAdapter:
+class VertexProvider:
     """Vertex AI: publisher-model paths under the project/location, OAuth bearer token."""
+
+    def unsupported(self, body: dict[str, Any]) -> list[str]:
+        return unsupported_of(UNSUPPORTED, body)
 
     def warm(self, provider: ProviderInfo) -> None:
         """Start minting tokens for this provider (call when a routing table arrives)."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from ext_proc.adapters.base import (
+from ext_proc.providers.base import (
     Buffered,
     Headers,
     ResponseHandler,
@@ -17,6 +17,7 @@ from ext_proc.adapters.base import (
 )
 from ext_proc.table import BackendInfo
 from ext_proc.translate import openai
+from ext_proc.translate.canonical import client_wants_usage, error_event
 
 
 class _RelayStream(Stream):
@@ -27,13 +28,19 @@ class _RelayStream(Stream):
         out = super().finish()
         relay: openai.StreamRelay = self._t
         if not relay.saw_done and relay.error is None:
-            out += openai.error_event("The upstream provider ended the stream before it was "
+            out += error_event("The upstream provider ended the stream before it was "
                                       "complete", "api_error", "upstream_stream_truncated")
         return out
 
 
-class OpenAIAdapter:
+class OpenAIProvider:
+    """Kinds `openai`, `vllm`, `tgi`: the canonical schema itself, so every parameter goes
+    through and bodies pass untouched apart from the model name (and `include_usage`)."""
+
     api_path = "/v1/chat/completions"
+
+    def unsupported(self, body: dict[str, Any]) -> list[str]:
+        return []
 
     def request(self, req: dict[str, Any], backend: BackendInfo) -> tuple[bytes, bytes, Headers]:
         p = backend.provider
@@ -46,7 +53,7 @@ class OpenAIAdapter:
     def response(self, status: int, content_type: str, req: dict[str, Any],
                  backend: BackendInfo) -> ResponseHandler:
         if status < 300 and is_sse(content_type):
-            return _RelayStream(openai.StreamRelay(openai.client_wants_usage(req)))
+            return _RelayStream(openai.StreamRelay(client_wants_usage(req)))
         if status < 300:
             return Buffered(json_usage(openai.usage_of), rewrites=False)
         return Buffered(keep, rewrites=False)

@@ -6,23 +6,32 @@ from typing import Any
 
 import orjson
 
-from ext_proc.adapters.base import (
+from ext_proc.auth.sigv4 import BEDROCK, sign
+from ext_proc.providers.base import (
+    COMMON_UNSUPPORTED,
     Buffered,
     Headers,
     ResponseHandler,
     Stream,
-    Usage,
     translated,
     translated_error,
+    unsupported_of,
 )
 from ext_proc.table import BackendInfo, ProviderInfo
-from ext_proc.translate import bedrock, openai
+from ext_proc.translate import bedrock
+from ext_proc.translate.canonical import TranslationError, Usage, client_wants_usage
 
 _JSON = b"application/json"
 _EVENTSTREAM = bedrock.EVENTSTREAM.encode()
 
 
-class BedrockAdapter:
+class BedrockProvider:
+    UNSUPPORTED = COMMON_UNSUPPORTED | {"seed", "presence_penalty", "frequency_penalty", "n",
+                                        "response_format"}
+
+    def unsupported(self, body: dict[str, Any]) -> list[str]:
+        return unsupported_of(self.UNSUPPORTED, body)
+
     def request(self, req: dict[str, Any], backend: BackendInfo) -> tuple[bytes, bytes, Headers]:
         p = backend.provider
         creds = _credentials(p)  # a configuration error outranks a bad request
@@ -39,7 +48,7 @@ class BedrockAdapter:
     def response(self, status: int, content_type: str, req: dict[str, Any],
                  backend: BackendInfo) -> ResponseHandler:
         if status < 300 and content_type.startswith(bedrock.EVENTSTREAM):
-            return Stream(bedrock.StreamToOpenAI(backend.model, openai.client_wants_usage(req)))
+            return Stream(bedrock.StreamToOpenAI(backend.model, client_wants_usage(req)))
         if status < 300:
             return translated(lambda data: bedrock.response_to_openai(data, backend.model),
                               bedrock.usage_of)
@@ -54,14 +63,14 @@ class BedrockAdapter:
                            ) -> tuple[bytes, bytes, Headers]:
         encoding = req.get("encoding_format")
         if encoding is not None and encoding not in _ENCODINGS:
-            raise openai.TranslationError(
+            raise TranslationError(
                 f"Invalid value: {encoding!r}. Supported values are: 'float' and 'base64'.",
                 param="encoding_format", code="invalid_value")
         calls = bedrock.embeddings_request(req, backend.model)
         if len(calls) != 1:
             limit = _inputs_per_call(calls[0][1])
             given = len(req["input"]) if isinstance(req.get("input"), list) else 1
-            raise openai.TranslationError(
+            raise TranslationError(
                 f"'input' has {given} items, but this backend ({backend.model}) embeds at most "
                 f"{limit} per request: send batches of at most {limit}",
                 param="input", code="too_many_inputs")
@@ -77,13 +86,13 @@ class BedrockAdapter:
             return translated_error(bedrock.error_to_openai, status)
         encoding = req.get("encoding_format") or "float"
 
-        def convert(body: bytes) -> tuple[bytes | None, Usage]:
+        def convert(body: bytes) -> tuple[bytes | None, Usage | None]:
             # Titan counts tokens in the body; Cohere only in a header we are not given.
             data = orjson.loads(body)
             count = data.get("inputTextTokenCount") if isinstance(data, dict) else None
             tokens = count if isinstance(count, int) and not isinstance(count, bool) else None
             out = bedrock.embeddings_response([body], backend.model, encoding, tokens)
-            return out, (tokens, 0) if tokens is not None else None
+            return out, Usage(tokens, 0) if tokens is not None else None
 
         return Buffered(convert, rewrites=True)
 
@@ -105,11 +114,11 @@ def _credentials(p: ProviderInfo) -> tuple[str, str, str]:
     access_key = opts.get("aws_access_key_id")
     secret_key = opts.get("aws_secret_access_key")
     if not region:
-        raise openai.TranslationError(
+        raise TranslationError(
             f"provider {p.name!r} has no AWS region configured", status=500,
             code="missing_region")
     if not access_key or not secret_key:
-        raise openai.TranslationError(
+        raise TranslationError(
             f"provider {p.name!r} has no AWS credentials configured "
             "(aws_access_key_id and aws_secret_access_key)",
             status=500, code="missing_credentials")
@@ -126,6 +135,6 @@ def _sigv4(p: ProviderInfo, path: str, body: bytes,
     region, access_key, secret_key = creds or _credentials(p)
     authority = p.authority.decode()
     scheme = "https" if getattr(p, "tls", True) else "http"
-    signed = bedrock.sign("POST", f"{scheme}://{authority}{path}", {"host": authority}, body,
-                          region, access_key, secret_key, p.options.get("aws_session_token"))
+    signed = sign("POST", f"{scheme}://{authority}{path}", {"host": authority}, body,
+                  region, access_key, secret_key, p.options.get("aws_session_token"), BEDROCK)
     return [(k.lower(), v.encode()) for k, v in signed.items()]

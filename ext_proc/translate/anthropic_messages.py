@@ -2,7 +2,8 @@
 
 Requests are converted to the canonical OpenAI chat form so that any backend can serve them;
 responses, SSE streams and errors come back OpenAI -> Messages. When the backend itself speaks
-Messages the body passes through untouched (`rename_model`, `StreamUsageReader`).
+Messages the body passes through untouched (the Anthropic provider's `passthrough`, with
+`rename_model` and `StreamUsageReader` from `translate.anthropic`).
 
 Choices where the two APIs differ:
 
@@ -25,28 +26,31 @@ Choices where the two APIs differ:
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, TypeGuard
 
 import orjson
 
-from . import anthropic
-from .openai import SSETranslator, TranslationError, json_error, upstream_error_message
-from switchyard.framing.sse import SSEEvent, SSEParser, parse_frame
+from switchyard.framing.sse import SSEEvent
+
+from .canonical import (
+    SSETranslator,
+    TranslationError,
+    Usage,
+    json_error,
+    upstream_error_message,
+    usage_from,
+)
 
 __all__ = [
     "PATH",
     "StreamFromOpenAI",
-    "StreamUsageReader",
     "error_body",
     "error_event",
     "error_from_openai",
     "error_type",
-    "rename_model",
     "request_to_openai",
     "response_from_openai",
     "translation_error_body",
-    "usage_of_message",
     "validate",
 ]
 
@@ -502,127 +506,6 @@ def request_to_openai(req: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------------ same schema
-
-
-def rename_model(body: bytes | dict[str, Any], upstream_model: str) -> bytes:
-    """Same-schema pass-through: the request body with only `model` replaced."""
-    if isinstance(body, dict):
-        obj: Any = dict(body)
-    else:
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise TranslationError("request body is not valid JSON") from None
-    if not isinstance(obj, dict):
-        raise TranslationError("request body must be a JSON object")
-    obj["model"] = upstream_model
-    return orjson.dumps(obj)
-
-
-def usage_of_message(resp: dict[str, Any]) -> tuple[int, int] | None:
-    """(prompt incl. cache, completion) tokens of an Anthropic message."""
-    return anthropic.usage_of(resp)
-
-
-class StreamUsageReader:
-    """Pass an Anthropic SSE stream through while reading its usage.
-
-    Only whole frames go out (a client cannot act on a partial one anyway), so an upstream
-    that stops early can still be closed with a clean `event: error` instead of a torn frame.
-    Only message_start/message_delta/error frames are parsed; deltas are not.
-    """
-
-    __slots__ = (
-        "_parser",
-        "_raw",
-        "cached_tokens",
-        "done",
-        "error",
-        "first_token_at",
-        "stop_reason",
-        "usage",
-    )
-
-    def __init__(self) -> None:
-        self._parser = SSEParser()
-        self._raw: dict[str, int] = {}
-        self.usage: tuple[int, int] | None = None
-        self.cached_tokens = 0
-        self.stop_reason: str | None = None
-        self.first_token_at: float | None = None
-        self.done = False  # message_stop or an error event seen
-        self.error: dict[str, Any] | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        """The bytes to send downstream: the complete frames of what arrived so far."""
-        held = self._parser.pending
-        frames = self._parser.feed_frames(chunk)
-        for _, ev in frames:
-            if ev is not None:
-                self._inspect(ev)
-        if not held and not self._parser.pending:
-            return chunk  # the usual case: whole frames in, the same bytes out (no copy)
-        return b"".join(raw for raw, _ in frames)
-
-    def finish(self) -> bytes:
-        """End of upstream body: flush a last frame missing its blank line, or fail cleanly."""
-        rest = self._parser.take_pending()
-        if self.done:  # trailing bytes after the end: pass them on, terminated if need be
-            return rest + b"\n\n" if rest.strip() else rest
-        ev = parse_frame(rest) if rest.strip() else None
-        if ev is not None:
-            self._inspect(ev)
-            if self.done:
-                return rest + b"\n\n"
-        self.done = True
-        self.error = {"type": "api_error", "message": "upstream stream ended before message_stop"}
-        return error_event(self.error["message"])
-
-    def _inspect(self, ev: SSEEvent) -> None:
-        name = ev.event
-        if name == "content_block_delta" or name == "ping" or name == "content_block_stop":
-            if name == "content_block_delta" and self.first_token_at is None:
-                self.first_token_at = time.monotonic()
-            return
-        try:
-            obj = orjson.loads(ev.data)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(obj, dict):
-            return
-        kind = obj.get("type") or name
-        if kind == "message_start":
-            msg = obj.get("message")
-            if isinstance(msg, dict):
-                self._merge(msg.get("usage"))
-        elif kind == "message_delta":
-            self._merge(obj.get("usage"))
-            delta = obj.get("delta")
-            if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
-                self.stop_reason = delta["stop_reason"]
-        elif kind == "message_stop":
-            self.done = True
-        elif kind == "error":
-            err = obj.get("error")
-            self.error = err if isinstance(err, dict) else {"type": "api_error", "message": ""}
-            self.done = True
-        elif kind == "content_block_delta" and self.first_token_at is None:
-            self.first_token_at = time.monotonic()
-
-    def _merge(self, u: Any) -> None:
-        if not isinstance(u, dict):
-            return
-        for key in ("input_tokens", "output_tokens", "cache_read_input_tokens"):
-            if _is_int(v := u.get(key)):
-                self._raw[key] = v
-        if _is_int(v := u.get("cache_creation_input_tokens")):
-            self._raw["cache_creation_input_tokens"] = v
-        got = anthropic.usage_of({"usage": self._raw})
-        self.usage = got
-        self.cached_tokens = self._raw.get("cache_read_input_tokens", 0)
-
-
 # --------------------------------------------------------------------------- responses
 
 
@@ -760,7 +643,7 @@ class StreamFromOpenAI(SSETranslator):
     )
 
     def __init__(self, model: str) -> None:
-        super().__init__()  # usage: (prompt, completion) as OpenAI counts them
+        super().__init__()  # usage: as OpenAI counts it (prompt includes cache reads)
         self._model = model
         self._id: str | None = None  # set once message_start went out
         self._next = 0  # index of the next content block
@@ -839,8 +722,8 @@ class StreamFromOpenAI(SSETranslator):
         u = obj.get("usage")
         if isinstance(u, dict) and (fields := _usage_fields(u)) is not None:
             inp, completion, cached = fields
-            self.usage = (inp + cached, completion)
-            self.cached_tokens = cached
+            reasoning = (usage_from(u) or Usage(0, 0)).reasoning
+            self.usage = Usage(inp + cached, completion, cached, reasoning)
         choices = obj.get("choices")
         if not isinstance(choices, list):
             return
@@ -911,10 +794,11 @@ class StreamFromOpenAI(SSETranslator):
         if stop == "end_turn" and self._tools:
             stop = "tool_use"
         self.stop_reason = stop
-        usage: dict[str, int] = {"output_tokens": self.usage[1] if self.usage else 0}
-        if self.usage is not None:
-            usage["input_tokens"] = self.usage[0] - self.cached_tokens
-            usage["cache_read_input_tokens"] = self.cached_tokens
+        u = self.usage
+        usage: dict[str, int] = {"output_tokens": u.completion if u else 0}
+        if u is not None:
+            usage["input_tokens"] = u.prompt - u.cached
+            usage["cache_read_input_tokens"] = u.cached
         md = {
             "type": "message_delta",
             "delta": {"stop_reason": stop, "stop_sequence": None},

@@ -1,0 +1,37 @@
+"""Providers: one module per provider kind, each behind the `Provider` protocol (base.py).
+
+Translators (ext_proc/translate/*) only turn bodies from one schema into another; a provider
+knows which path and credentials an attempt needs, which canonical parameters it cannot honour
+and which handler reads the answer back. Adding a provider kind = one translator module + one
+provider module + one line here.
+"""
+
+from __future__ import annotations
+
+from ext_proc.providers.anthropic import AnthropicProvider
+from ext_proc.providers.azure import AzureOpenAIProvider
+from ext_proc.providers.base import (
+    EmbeddingsProvider,
+    Provider,
+    ResponseHandler,
+    Warm,
+    without,
+)
+from ext_proc.providers.bedrock import BedrockProvider
+from ext_proc.providers.gemini import GeminiProvider, VertexProvider
+from ext_proc.providers.openai import OpenAIProvider
+
+_OPENAI = OpenAIProvider()
+
+PROVIDERS: dict[str, Provider] = {
+    "openai": _OPENAI,
+    "anthropic": AnthropicProvider(),
+    "bedrock": BedrockProvider(),
+    "gemini": GeminiProvider(),
+    "vertex": VertexProvider(),
+    "azure_openai": AzureOpenAIProvider(),
+    "vllm": _OPENAI,
+    "tgi": _OPENAI,
+}
+
+__all__ = ["PROVIDERS", "EmbeddingsProvider", "Provider", "ResponseHandler", "Warm", "without"]
