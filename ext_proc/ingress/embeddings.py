@@ -29,7 +29,7 @@ class Embeddings(OpenAIChat):
         return body, model, False
 
     def serves(self, backend: BackendInfo) -> bool:
-        return isinstance(PROVIDERS[backend.provider.kind], EmbeddingsProvider)
+        return backend.provider.kind in _EMBEDS
 
     def request(self, body: dict[str, Any], raw: dict[str, Any], backend: BackendInfo
                 ) -> tuple[bytes, bytes, Headers]:
@@ -38,6 +38,10 @@ class Embeddings(OpenAIChat):
     def response(self, status: int, content_type: str, body: dict[str, Any],
                  backend: BackendInfo) -> ResponseHandler:
         return _provider(backend).embeddings_response(status, content_type, body, backend)
+
+
+#: Provider kinds that embed (a runtime Protocol check costs microseconds: done once here).
+_EMBEDS = frozenset(k for k, p in PROVIDERS.items() if isinstance(p, EmbeddingsProvider))
 
 
 def _provider(backend: BackendInfo) -> EmbeddingsProvider:
