@@ -13,7 +13,7 @@ them. Two measurements:
     model, interleaved. Every `refused` request fails over (Envoy's count of requests failed
     by a connection failure must grow by one per request). For `err500` only requests with
     `x-switchyard-attempts: 2` count; the route phase demotes a backend after 3 consecutive 5xx
-    (ext_proc/stats.py FAST_DEMOTE_AFTER), so after every 2 measured requests sim-c answers
+    (ext_proc/stats/health.py FAST_DEMOTE_AFTER), so after every 2 measured requests sim-c answers
     one unmeasured request (its fault is switched off for it), which restarts that count.
     A last `err500` pass without that reset shows what the demotion does.
 (b) **under load**: wrk, `--connections` connections, `--runs` x `--duration` s per model
@@ -74,7 +74,7 @@ EXPECTED = {"baseline": ("sim-a", "sim-a"), "refused": ("dead", "sim-b"),
 FAIL_COUNTER = {"refused": f"cluster.dead.{MODEL}.upstream_rq_pending_failure_eject",
                 "err500": f"cluster.sim-c.{MODEL}.retry.upstream_rq_5xx"}
 #: Measured err500 requests between two resets of the route phase's consecutive-5xx count
-#: (it demotes a backend at 3; ext_proc/stats.py FAST_DEMOTE_AFTER).
+#: (it demotes a backend at 3; ext_proc/stats/health.py FAST_DEMOTE_AFTER).
 _RESET_EVERY = 2
 _WARMUP_REQUESTS = 20
 _STARTUP_S = 90
@@ -453,7 +453,7 @@ def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
         "500s it retried), as a share "
         "of the requests wrk completed (requests still in flight when a run ends count in the "
         "first, not the second, so it can read a little over 100%). **err500**: after 3 "
-        "consecutive 500s the route phase orders sim-c last for 2 s (ext_proc/stats.py), so "
+        "consecutive 500s the route phase orders sim-c last for 2 s (ext_proc/stats/health.py), so "
         "only the few requests at the edge of each demotion window pay the failover (with "
         "Envoy's default health settings, outlier ejection would do the same for longer). "
         "**refused** is different: at the time of this run the route phase never saw a "
