@@ -1,13 +1,9 @@
-"""The ext_proc gRPC server: demultiplexes Envoy's streams to the request pipeline's phases.
+"""The ext_proc gRPC server: demultiplexes Envoy's streams to the pipeline's phases.
 
-* **route phase** (listener filter): request headers -> `route.ingress_for`; buffered body ->
-  `route.parse` + `route.decide`; response headers and body -> `respond`.
-* **translate phase** (upstream filter in each backend cluster, one stream per attempt, told
-  apart by the attributes Envoy sends): request headers -> `attempt.prepare`; the attempt's
-  response headers -> `attempt.answered`.
-Both phases of a request reach this process (ext_proc runs beside Envoy), so the attempt finds
-the route phase's parsed request in memory by request id. Decisions are plain data; `envoy.py`
-converts. This module is only the gRPC plumbing and the process entry point.
+Route phase (listener filter): request headers and buffered body -> `route`; response headers
+and body -> `respond`. Translate phase (upstream filter, one stream per attempt, told apart by
+the attributes Envoy sends) -> `attempt`. Both reach this process, so an attempt finds the
+route phase's parsed request in memory by request id. `envoy.py` converts protobuf.
 """
 
 from __future__ import annotations
@@ -22,17 +18,19 @@ from collections.abc import AsyncIterator
 
 import grpc
 import structlog
+import uvloop
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc import admin, attempt, envoy, respond, route
 from ext_proc.ingress import INGRESS
-from ext_proc.providers import PROVIDERS
+from ext_proc.providers import warm
 from ext_proc.state import RequestState
 from ext_proc.stats import BackendHealth
-from ext_proc.table import Routes, RoutingClient
+from ext_proc.table import RoutingClient
 from ext_proc.usage import account
 from switchyard.contract import CHAT_PATH
+from switchyard.logs import configure_logging
 
 syslog = structlog.get_logger("switchyard.ext_proc")
 
@@ -64,19 +62,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     yield envoy.EMPTY
                 elif kind == "request_body":
                     yield self._on_request_body(st, req.request_body.body)
-                elif kind == "response_headers":
-                    msg = req.response_headers
-                    reply = respond.on_headers(st, envoy.headers(msg), msg.end_of_stream,
-                                               self.health)
-                    if msg.end_of_stream:
-                        account(respond.finish(st))
-                    yield envoy.response_headers(reply)
-                elif kind == "response_body":
-                    body = req.response_body
-                    out = respond.on_body(st, body.body, body.end_of_stream)
-                    if body.end_of_stream:
-                        account(respond.finish(st))
-                    yield envoy.response_body(out)
+                elif kind in ("response_headers", "response_body"):
+                    yield self._on_response(st, req)
                 else:
                     yield envoy.EMPTY
         finally:
@@ -117,14 +104,27 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self.inflight[st.rid] = st
         return envoy.forward(decision, parsed.alias, st.rid, self._order)
 
+    def _on_response(self, st: RequestState, req: pb.ProcessingRequest
+                     ) -> pb.ProcessingResponse:
+        if req.HasField("response_headers"):
+            msg = req.response_headers
+            end = msg.end_of_stream
+            reply = envoy.response_headers(
+                respond.on_headers(st, envoy.headers(msg), end, self.health))
+        else:
+            end = req.response_body.end_of_stream
+            reply = envoy.response_body(respond.on_body(st, req.response_body.body, end))
+        if end:
+            account(respond.finish(st))
+        return reply
+
     # -- translate phase --------------------------------------------------------------------
     async def _translate_phase(self, req: pb.ProcessingRequest,
                                rest: AsyncIterator[pb.ProcessingRequest]
                                ) -> AsyncIterator[pb.ProcessingResponse]:
         """One attempt: rewrite the request, then watch its response status for health."""
         rid, cluster = envoy.attempt_target(req)
-        st = self.inflight.get(rid)
-        routes = self.routing.routes
+        st, routes = self.inflight.get(rid), self.routing.routes
         backend, problem = attempt.resolve(st, cluster, routes)
         if st is None or backend is None:
             assert problem is not None
@@ -144,29 +144,17 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 yield envoy.EMPTY
 
 
-def _warm_providers(routes: Routes) -> None:
-    """Let providers with credentials to mint (Vertex OAuth) start before the first request."""
-    seen = set()
-    for backend in routes.clusters.values():
-        p = backend.provider
-        warm = getattr(PROVIDERS.get(p.kind), "warm", None)
-        if warm is not None and p.name not in seen:
-            seen.add(p.name)
-            warm(p)
-
-
 async def serve(address: str, port: int, control_plane: str, metrics_port: int, node_id: str,
                 envoy_admin: str | None = None, unix_socket: str | None = None) -> None:
-    routing = RoutingClient(control_plane, node_id, on_update=_warm_providers)
+    routing = RoutingClient(control_plane, node_id,
+                            on_update=lambda routes: warm(routes.clusters.values()))
     tasks = [asyncio.create_task(routing.run())]
     health = BackendHealth()
     if envoy_admin:
         tasks.append(asyncio.create_task(health.poll_envoy(envoy_admin)))
-    server = grpc.aio.server(options=[
-        ("grpc.max_concurrent_streams", 100_000),
-        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ("grpc.max_send_message_length", 64 * 1024 * 1024),
-    ])
+    big = 64 * 1024 * 1024
+    server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000), (
+        "grpc.max_receive_message_length", big), ("grpc.max_send_message_length", big)])
     pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(routing, health), server)
     bound = server.add_insecure_port(f"{address}:{port}")
     if unix_socket:
@@ -176,9 +164,8 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
     syslog.info("ext_proc listening", address=address, port=bound, control_plane=control_plane,
                 metrics_port=metrics_port)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
     for task in tasks:
         task.cancel()
@@ -187,23 +174,21 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    from switchyard.logs import configure_logging
-
     parser = argparse.ArgumentParser(prog="switchyard ext-proc")
-    parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=18081)
-    parser.add_argument("--control-plane", default="127.0.0.1:18000")
-    parser.add_argument("--metrics-port", type=int, default=9464)
-    parser.add_argument("--node-id", default=f"ext-proc-{os.getpid()}")
-    parser.add_argument("--unix-socket", default=None,
-                        help="also listen on this Unix socket (Envoy beside ext_proc)")
-    parser.add_argument("--envoy-admin", default=None,
-                        help="local Envoy admin URL, for outlier/circuit-breaker state")
-    parser.add_argument("--log-level", default="info")
+    for flag, default, help_ in (
+        ("--address", "127.0.0.1", "address of the gRPC and metrics listeners"),
+        ("--port", 18081, "gRPC port Envoy connects to (0: any free port)"),
+        ("--control-plane", "127.0.0.1:18000", "control plane's RoutingTable gRPC address"),
+        ("--metrics-port", 9464, "port of /metrics and /healthz"),
+        ("--node-id", f"ext-proc-{os.getpid()}", "name this process gives the control plane"),
+        ("--unix-socket", None, "also listen on this Unix socket (Envoy beside ext_proc)"),
+        ("--envoy-admin", None, "local Envoy admin URL, for outlier/circuit-breaker state"),
+        ("--log-level", "info", "debug, info, warning or error"),
+    ):
+        parser.add_argument(flag, default=default, help=f"{help_} (default: {default})",
+                            type=type(default) if default is not None else str)
     args = parser.parse_args(argv)
     configure_logging(args.log_level)
-    import uvloop
-
     uvloop.run(serve(args.address, args.port, args.control_plane, args.metrics_port,
                      args.node_id, args.envoy_admin, args.unix_socket))
 

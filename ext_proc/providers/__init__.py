@@ -8,6 +8,8 @@ provider module + one line here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ext_proc.providers.anthropic import AnthropicProvider
 from ext_proc.providers.azure import AzureOpenAIProvider
 from ext_proc.providers.base import (
@@ -20,6 +22,7 @@ from ext_proc.providers.base import (
 from ext_proc.providers.bedrock import BedrockProvider
 from ext_proc.providers.gemini import GeminiProvider, VertexProvider
 from ext_proc.providers.openai import OpenAIProvider
+from ext_proc.table import BackendInfo
 
 _OPENAI = OpenAIProvider()
 
@@ -34,4 +37,16 @@ PROVIDERS: dict[str, Provider] = {
     "tgi": _OPENAI,
 }
 
-__all__ = ["PROVIDERS", "EmbeddingsProvider", "Provider", "ResponseHandler", "Warm", "without"]
+__all__ = ["PROVIDERS", "EmbeddingsProvider", "Provider", "ResponseHandler", "Warm", "warm",
+           "without"]
+
+
+def warm(backends: Iterable[BackendInfo]) -> None:
+    """Let providers with credentials to mint (Vertex OAuth) start before the first request."""
+    seen: set[str] = set()
+    for backend in backends:
+        p = backend.provider
+        provider = PROVIDERS.get(p.kind)
+        if isinstance(provider, Warm) and p.name not in seen:
+            seen.add(p.name)
+            provider.warm(p)
