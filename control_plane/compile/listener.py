@@ -36,6 +36,11 @@ def _listener(cfg: GatewayConfig) -> dict[str, Any]:
         allow_mode_override=True,
         # The route phase hands the router each request's candidate order here.
         metadata_options={"receiving_namespaces": {"untyped": [METADATA_NAMESPACE]}},
+        # The route phase sets each request's retry budget and per-try timeout (first-byte
+        # timeout for streams, hedge delay for hedged models) as `x-envoy-max-retries` and
+        # `x-envoy-upstream-rq-per-try-timeout-ms`: Envoy drops x-envoy-* mutations (and
+        # counts them in `ext_proc.rejected_header_mutations`) unless allowed here.
+        mutation_rules={"allow_envoy": True},
         processing_mode={
             "request_header_mode": "SEND",
             "request_body_mode": "BUFFERED",

@@ -69,6 +69,16 @@ models:
       - {{provider: primary, model: gpt-slow}}
       - {{provider: spare, model: gpt-fast}}
     failover: {{hedge_after_s: 0.3, per_try_timeout_s: 0.3, first_byte_timeout_s: 0.3}}
+  firstbyte:
+    backends:
+      - {{provider: primary, model: gpt-primary}}
+      - {{provider: spare, model: gpt-spare}}
+    failover: {{first_byte_timeout_s: 0.5}}
+  hedgeonly:
+    backends:
+      - {{provider: primary, model: gpt-slow}}
+      - {{provider: spare, model: gpt-fast}}
+    failover: {{hedge_after_s: 0.3}}
 """
 
 
@@ -320,3 +330,41 @@ def test_hedged_model_answers_from_fast_backend(fo: FailoverGateway) -> None:
         assert text.startswith("Simulated reply from spare")
         assert elapsed < 4.5, elapsed  # the slow backend alone takes 5 s
     assert len(fo.requests("primary")) >= 2  # the slow first attempt was really made
+
+
+# Envoy's ext_proc filter counts header mutations it refused (a mutation_rules violation).
+REJECTED_MUTATIONS = "http.switchyard.ext_proc.rejected_header_mutations"
+
+
+def test_stream_without_first_byte_moves_on_within_first_byte_timeout(
+        fo: FailoverGateway) -> None:
+    """`firstbyte` keeps the default 120 s per-try timeout; only the per-request header the
+    route phase sets (x-envoy-upstream-rq-per-try-timeout-ms = first_byte_timeout_s) can move
+    a streamed request off a backend that never answers within the client's 10 s."""
+    fo.options("primary", hang=True)
+    client = fo.client.with_options(timeout=10)
+    rejected = fo.envoy_stat(REJECTED_MUTATIONS)
+    for _ in range(3):
+        t0 = time.monotonic()
+        text, headers = _one(client, "firstbyte", stream=True)
+        assert headers["x-switchyard-backend"] == "spare/gpt-spare"
+        assert headers["x-switchyard-attempts"] == "2"
+        assert text.startswith("Simulated reply from spare")
+        assert time.monotonic() - t0 >= 0.5  # the first try really waited its timeout
+    assert len(fo.requests("primary")) >= 1
+    assert fo.envoy_stat(REJECTED_MUTATIONS) == rejected == 0
+
+
+def test_hedge_after_alone_hedges(fo: FailoverGateway) -> None:
+    """`hedgeonly` sets hedge_after_s but no per_try_timeout_s (route default 120 s): the
+    hedge delay reaches Envoy only as the route phase's per-request per-try timeout."""
+    fo.options("primary", slow_first_token_ms=5000)
+    for stream in (False, True):
+        t0 = time.monotonic()
+        text, headers = _one(fo.client, "hedgeonly", stream=stream)
+        elapsed = time.monotonic() - t0
+        assert headers["x-switchyard-backend"] == "spare/gpt-fast"
+        assert text.startswith("Simulated reply from spare")
+        assert elapsed < 4.5, elapsed  # the slow backend alone takes 5 s
+    assert len(fo.requests("primary")) >= 2
+    assert fo.envoy_stat(REJECTED_MUTATIONS) == 0

@@ -113,6 +113,19 @@ def test_hedged_model_gets_a_priority_cluster() -> None:
     assert route.route.retry_policy.retry_priority.name.endswith("previous_priorities")
 
 
+def test_route_phase_may_set_envoy_retry_headers() -> None:
+    """The route phase sets x-envoy-max-retries / x-envoy-upstream-rq-per-try-timeout-ms per
+    request; Envoy drops x-envoy-* mutations unless the filter's mutation_rules allow them."""
+    from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2
+
+    listener = _snapshot().resources[LISTENER_TYPE][0]
+    hcm = http_connection_manager_pb2.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    route_phase = ext_proc_pb2.ExternalProcessor()
+    hcm.http_filters[0].typed_config.Unpack(route_phase)
+    assert route_phase.mutation_rules.allow_envoy.value
+
+
 def test_version_changes_only_with_config() -> None:
     a = _snapshot()
     b = compile_config(parse_config(CONFIG.replace("output: 0.6", "output: 0.7"), "c.yaml"))
