@@ -75,6 +75,9 @@ class Simulate(_Strict):
     reset_after_chunks: int | None = Field(default=None, ge=0)
     truncate_after_chunks: int | None = Field(default=None, ge=1)
     reply_tokens: int | None = Field(default=None, ge=1)
+    # The simulated account's own quota (429 with the provider's rate-limit headers over it).
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
 
 
 class Health(_Strict):
@@ -226,6 +229,9 @@ class Model(_Strict):
     #: Ordered: the first is preferred, later ones are the fallback order.
     backends: list[Backend] = Field(min_length=1)
     failover: Failover = Failover()
+    #: Unix time shown as `created` in `GET /v1/models`; default: when this control plane
+    #: first loaded the model (kept across reloads).
+    created: int | None = Field(default=None, ge=0)
 
 
 class ExtProcSettings(_Strict):

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import hashlib
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -45,6 +46,9 @@ class ControlPlane:
         self.envoy_store = SnapshotStore(linger_s=RETIRED_CLUSTER_TTL_S)
         self.routing_store = RoutingTableStore(envoy=self.envoy_store)
         self._digest = ""
+        #: alias -> Unix time this control plane first loaded it (`created` in /v1/models);
+        #: kept across reloads so an unchanged model keeps its timestamp (and routes version).
+        self._first_seen: dict[str, int] = {}
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -69,12 +73,16 @@ class ControlPlane:
         digest, data = read
         self._digest = digest
         try:
-            snapshot = compile_config(load_config(self.config_path, data))
+            cfg = load_config(self.config_path, data)
+            now = int(time.time())
+            first_seen = {alias: self._first_seen.get(alias, now) for alias in cfg.models}
+            snapshot = compile_config(cfg, created=first_seen)
         except ConfigError as exc:
             log.error("invalid config rejected; last good config keeps serving",
                       error=str(exc), file=exc.file, line=exc.line, field=exc.field,
                       serving_version=self.snapshot.version if self.snapshot else None)
             return False
+        self._first_seen = {**self._first_seen, **first_seen}
         if self.snapshot and snapshot.version == self.snapshot.version:
             return False
         try:

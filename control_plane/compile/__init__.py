@@ -10,6 +10,7 @@ messages, so a field typo fails here, at compile time.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
@@ -69,13 +70,14 @@ class Snapshot:
     summary: list[str] = field(default_factory=list)
 
 
-def compile_config(cfg: GatewayConfig) -> Snapshot:
-    """Compile a validated config into a snapshot. Pure: same config, same versions."""
+def compile_config(cfg: GatewayConfig, created: Mapping[str, int] | None = None) -> Snapshot:
+    """Compile a validated config into a snapshot. Pure: same config (and `created`: alias ->
+    Unix time the control plane first loaded it, shown by `GET /v1/models`), same versions."""
     backends = backend_clusters(cfg)
     resources: dict[str, tuple[Message, ...]] = {
         CLUSTER_TYPE: clusters(cfg, backends),
         LISTENER_TYPE: (listener(cfg),),
-        ROUTE_TYPE: (route_configuration(cfg),),
+        ROUTE_TYPE: (route_configuration(cfg, created),),
     }
     versions = {t: digest(r) for t, r in resources.items()}
     routing = routing_table(cfg, backends)

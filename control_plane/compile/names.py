@@ -50,9 +50,9 @@ def seconds(ms: float) -> str:
     return f"{ms / 1000:.3f}s"
 
 
-def error_json(status_message: str, type_: str, code: str) -> str:
+def error_json(status_message: str, type_: str, code: str, param: str | None = None) -> str:
     return orjson.dumps(
-        {"error": {"message": status_message, "type": type_, "param": None, "code": code}}
+        {"error": {"message": status_message, "type": type_, "param": param, "code": code}}
     ).decode()
 
 

@@ -1,9 +1,11 @@
-"""The route configuration: `GET /v1/models` answered by Envoy, one route per model (matched on
-the model header the route phase sets) with its retry/hedge policy and the priority_group
-cluster specifier, and the catch-alls."""
+"""The route configuration: `GET /v1/models` and `GET /v1/models/{alias}` answered by Envoy,
+one route per model (matched on the model header the route phase sets) with its retry/hedge
+policy and the priority_group cluster specifier, and the catch-alls."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -35,13 +37,18 @@ from switchyard.contract import (
 PRIORITY_GROUP_TYPE = ("type.googleapis.com/envoy.extensions.router.cluster_specifiers."
                        "priority_group.v3.PriorityGroupClusterSpecifier")
 MODELS_PATH = "/v1/models"
+#: Name prefix of the `GET /v1/models/{alias}` routes (not model routes: they do not linger).
+MODEL_INFO_PREFIX = "model:"
 
 _EXT_PROC_PER_ROUTE = (
     "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute")
 
 
-def route_configuration(cfg: GatewayConfig) -> route_pb2.RouteConfiguration:
-    config = json_format.ParseDict(_routes(cfg), route_pb2.RouteConfiguration())
+def route_configuration(cfg: GatewayConfig, created: Mapping[str, int] | None = None
+                        ) -> route_pb2.RouteConfiguration:
+    """`created`: alias -> Unix time for `/v1/models` (a model's own `created` wins; 0 if
+    neither names it, as in an offline `switchyard validate`)."""
+    config = json_format.ParseDict(_routes(cfg, created or {}), route_pb2.RouteConfiguration())
     _finish_routes(cfg, config)
     return config
 
@@ -50,13 +57,37 @@ def _ext_proc_disabled() -> dict[str, Any]:
     return {"envoy.filters.http.ext_proc": {"@type": _EXT_PROC_PER_ROUTE, "disabled": True}}
 
 
-def _routes(cfg: GatewayConfig) -> dict[str, Any]:
-    models_body = orjson.dumps({
-        "object": "list",
-        "data": [{"id": alias, "object": "model", "created": 0,
-                  "owned_by": cfg.providers[m.backends[0].provider].kind}
-                 for alias, m in sorted(cfg.models.items())],
-    }).decode()
+#: Characters a client may send unescaped in a path segment; any other character of an alias
+#: may arrive percent-encoded (the openai SDK sends `/` as `%2F`). Envoy's `normalize_path`
+#: already decodes escaped unreserved characters.
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def model_path_regex(alias: str) -> str:
+    """`/v1/models/<alias>`, each reserved character of the alias raw or percent-encoded."""
+    parts = []
+    for ch in alias:
+        if ch in _UNRESERVED:
+            parts.append(re.escape(ch))
+        else:
+            code = f"{ord(ch):02X}"
+            hi, lo = code[0], code[1]
+            parts.append(f"(?:{re.escape(ch)}|%{hi}[{lo}{lo.lower()}])" if lo.isalpha()
+                         else f"(?:{re.escape(ch)}|%{hi}{lo})")
+    return re.escape(MODELS_PATH + "/") + "".join(parts)
+
+
+def _model_objects(cfg: GatewayConfig, created: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    """OpenAI model objects by alias, sorted by alias."""
+    return {alias: {"id": alias, "object": "model",
+                    "created": m.created if m.created is not None else created.get(alias, 0),
+                    "owned_by": cfg.providers[m.backends[0].provider].kind}
+            for alias, m in sorted(cfg.models.items())}
+
+
+def _routes(cfg: GatewayConfig, created: Mapping[str, int]) -> dict[str, Any]:
+    objects = _model_objects(cfg, created)
+    models_body = orjson.dumps({"object": "list", "data": list(objects.values())}).decode()
     json_headers = [{"header": {"key": "content-type", "value": "application/json"}}]
     post = {"name": ":method", "string_match": {"exact": "POST"}}
     get = {"name": ":method", "string_match": {"exact": "GET"}}
@@ -69,6 +100,21 @@ def _routes(cfg: GatewayConfig) -> dict[str, Any]:
             "routes": [
                 {"name": "models", "match": {"path": MODELS_PATH, "headers": [get]},
                  "direct_response": {"status": 200, "body": {"inline_string": models_body}},
+                 "response_headers_to_add": json_headers,
+                 "typed_per_filter_config": _ext_proc_disabled()},
+                # `GET /v1/models/{id}`: one direct response per model, then 404 for the rest.
+                *({"name": f"{MODEL_INFO_PREFIX}{alias}",
+                   "match": {"safe_regex": {"regex": model_path_regex(alias)}, "headers": [get]},
+                   "direct_response": {"status": 200, "body": {
+                       "inline_string": orjson.dumps(obj).decode()}},
+                   "response_headers_to_add": json_headers,
+                   "typed_per_filter_config": _ext_proc_disabled()}
+                  for alias, obj in objects.items()),
+                {"name": "model_not_found", "match": {"prefix": MODELS_PATH + "/",
+                                                      "headers": [get]},
+                 "direct_response": {"status": 404, "body": {"inline_string": error_json(
+                     "The model does not exist or is not served by this gateway",
+                     "invalid_request_error", "model_not_found", "model")}},
                  "response_headers_to_add": json_headers,
                  "typed_per_filter_config": _ext_proc_disabled()},
                 # After the route phase named the model: its own route, retry and hedge policy.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -109,6 +110,20 @@ def test_anthropic_streaming(gateway: RunningGateway, client: openai.OpenAI) -> 
 def test_models_list(client: openai.OpenAI) -> None:
     models = {m.id: m.owned_by for m in client.models.list()}
     assert models == {"gpt-sim": "openai", "claude-sim": "anthropic"}
+
+
+def test_models_retrieve(client: openai.OpenAI) -> None:
+    """`GET /v1/models/{id}` (Envoy direct responses): the same object the list holds, with a
+    real `created` (when the control plane first loaded the model); unknown id -> 404."""
+    listed = {m.id: m for m in client.models.list()}
+    for alias in ("gpt-sim", "claude-sim"):
+        model = client.models.retrieve(alias)
+        assert model == listed[alias]
+        assert model.id == alias and model.object == "model"
+        assert abs(model.created - time.time()) < 24 * 3600, model.created
+    with pytest.raises(openai.NotFoundError) as exc:
+        client.models.retrieve("no-such-model")
+    assert exc.value.code == "model_not_found" and exc.value.param == "model"
 
 
 def test_unknown_model_is_404(gateway: RunningGateway, client: openai.OpenAI) -> None:

@@ -64,10 +64,16 @@ def _routable(client: openai.OpenAI, model: str) -> bool:
 def test_added_model_routable_within_2s(reload_gw: RunningGateway,
                                          client: openai.OpenAI) -> None:
     assert not _routable(client, "gpt-new")
+    created = {m.id: m.created for m in client.models.list()}
     pid = reload_gw.gateway.procs["envoy"].pid
     _write(reload_gw, BASE_MODELS + NEW_MODEL)
     wait_until(lambda: _routable(client, "gpt-new"), timeout=2.0)
-    assert "gpt-new" in {m.id for m in client.models.list()}
+    after = {m.id: m.created for m in client.models.list()}
+    assert "gpt-new" in after
+    # A reload keeps the models it did not add at their first load time.
+    assert {k: v for k, v in after.items() if k != "gpt-new"} == created
+    assert after["gpt-new"] >= max(created.values()) > 0
+    assert client.models.retrieve("gpt-new").created == after["gpt-new"]
     assert reload_gw.sim_requests("openai")[-1]["body"]["model"] == "gpt-4.1-nano"
     assert reload_gw.gateway.procs["envoy"].pid == pid  # no restart
     assert reload_gw.gateway.procs["envoy"].poll() is None

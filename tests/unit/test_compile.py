@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from control_plane.compile import (
     ROUTE_TYPE,
     compile_config,
 )
+from control_plane.compile.routes import model_path_regex
 from control_plane.config import parse_config
 from protos import envoy_vendor_pb2
 from switchyard.contract import INGRESS_PATHS_REGEX
@@ -83,6 +85,41 @@ def test_models_route_is_a_direct_response() -> None:
     assert fast.match.headers[1].string_match.exact == "fast"
 
 
+def test_model_info_routes_answer_each_alias_and_404_the_rest() -> None:
+    """`GET /v1/models/{id}`: one direct response per alias (an OpenAI model object whose
+    `created` is the control plane's first-load time, or the model's own `created`), then a
+    404 in OpenAI's error schema; `/v1/models` lists the same objects."""
+    cfg = CONFIG.replace("  smart:\n", "  smart:\n    created: 1700000000\n")
+    snap = compile_config(parse_config(cfg, "c.yaml"), created={"fast": 1760000000,
+                                                                "smart": 1})
+    routes = snap.resources[ROUTE_TYPE][0].virtual_hosts[0].routes
+    by_name = {r.name: r for r in routes}
+    listed = orjson.loads(by_name["models"].direct_response.body.inline_string)["data"]
+    fast = orjson.loads(by_name["model:fast"].direct_response.body.inline_string)
+    smart = orjson.loads(by_name["model:smart"].direct_response.body.inline_string)
+    assert fast == {"id": "fast", "object": "model", "created": 1760000000, "owned_by": "openai"}
+    assert smart["created"] == 1700000000  # configured wins
+    assert listed == [fast, smart]
+    assert by_name["model:fast"].match.headers[0].string_match.exact == "GET"
+    missing = by_name["model_not_found"]
+    assert missing.match.prefix == "/v1/models/" and missing.direct_response.status == 404
+    assert orjson.loads(missing.direct_response.body.inline_string) == {"error": {
+        "message": "The model does not exist or is not served by this gateway",
+        "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
+    names = [r.name for r in routes]
+    assert names.index("models") < names.index("model:fast") < names.index("model_not_found") \
+        < names.index("not_found")
+
+
+def test_model_path_regex_accepts_escaped_reserved_characters() -> None:
+    regex = model_path_regex("org/m:v1.2")
+    assert re.fullmatch(regex, "/v1/models/org/m:v1.2")
+    assert re.fullmatch(regex, "/v1/models/org%2Fm:v1.2")  # the openai SDK escapes `/`
+    assert re.fullmatch(regex, "/v1/models/org%2fm%3Av1.2")
+    assert not re.fullmatch(regex, "/v1/models/org/m:v1x2")
+    assert not re.fullmatch(regex, "/v1/models/org/m:v1.2/extra")
+
+
 def test_model_route_uses_priority_groups_and_refreshes_cluster_on_retry() -> None:
     routes = _snapshot().resources[ROUTE_TYPE][0]
     fast = next(r for r in routes.virtual_hosts[0].routes if r.name == "chat:fast")
@@ -140,7 +177,9 @@ def test_compiled_resources_pass_envoy_validate(tmp_path: Path) -> None:
     cfg = CONFIG.replace("      - {provider: claude, model: claude-3-5-haiku-latest}\n  smart:",
                          "      - {provider: claude, model: claude-3-5-haiku-latest}\n"
                          "    failover: {hedge_after_s: 0.5}\n  smart:")
-    snap = compile_config(parse_config(cfg, "c.yaml"))
+    # An alias with reserved characters: its `/v1/models/{id}` regex must compile in RE2.
+    cfg += "  org/m:v1.2:\n    backends:\n      - {provider: sim, model: gpt-4o-mini}\n"
+    snap = compile_config(parse_config(cfg, "c.yaml"), created={"fast": 1760000000})
     bootstrap = bootstrap_pb2.Bootstrap()
     listener = bootstrap.static_resources.listeners.add()
     listener.CopyFrom(snap.resources[LISTENER_TYPE][0])
