@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import math
 import os
 import random
 import socket
@@ -27,6 +28,8 @@ from urllib.parse import parse_qsl
 import orjson
 from aiohttp import web
 
+from sim.quota import Quota, cost_of
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BodyHandler = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
 
@@ -44,6 +47,9 @@ _LOREM: Final = (
 _FILLER: Final = tuple(_LOREM.split())
 _QUOTED_WORDS: Final = 8
 
+
+#: Where `endpoint` leaves the parsed body for `faults` (the quota charges its tokens).
+SIM_BODY: Final = web.RequestKey("sim_body", object)
 
 #: What a `malformed` simulator sends instead of a JSON body or event.
 MALFORMED_JSON = b'{"id": "broken", "choices": [{"index": 0, "delta": {"content": "x'
@@ -77,6 +83,11 @@ class SimOptions:
     # completion tokens as reasoning (OpenAI wire format), to test pricing of both.
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    # The simulated account's own quota (requests / tokens per minute, smooth refill): over
+    # it the provider answers 429 with its rate-limit headers; every answer reports what is
+    # left. None: unlimited.
+    rpm: float | None = None
+    tpm: float | None = None
     # Fixed reply length in tokens; None derives it (24..48) from the prompt.
     reply_tokens: int | None = None
     # How many requests /_sim/requests keeps; 0 turns recording off (long benchmarks).
@@ -104,6 +115,8 @@ class SimOptions:
             (self.record_limit >= 0, "record_limit must be >= 0"),
             (self.cached_tokens >= 0, "cached_tokens must be >= 0"),
             (self.reasoning_tokens >= 0, "reasoning_tokens must be >= 0"),
+            (self.rpm is None or self.rpm > 0, "rpm must be > 0"),
+            (self.tpm is None or self.tpm > 0, "tpm must be > 0"),
         )
         for ok, message in checks:
             if not ok:
@@ -184,6 +197,7 @@ class SimState:
         self._records: deque[_Record] = deque(maxlen=options.record_limit)
         self.closing = False
         self.hanging = 0
+        self.quota = Quota(options.rpm, options.tpm)
         self._id_prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
@@ -191,6 +205,8 @@ class SimState:
         """Swap options atomically; in-flight requests keep the snapshot they started with."""
         if options.record_limit != self._records.maxlen:
             self._records = deque(self._records, maxlen=options.record_limit)
+        if (options.rpm, options.tpm) != (self.options.rpm, self.options.tpm):
+            self.quota = Quota(options.rpm, options.tpm)
         self.options = options
 
     def new_id(self) -> str:
@@ -433,6 +449,7 @@ class Provider(ABC):
             raw = await request.read()
             state.record(request, raw)
             body = parse_body(raw) if raw else INVALID_JSON
+            request[SIM_BODY] = body
             return await handler(request, body)
 
         return handle
@@ -449,11 +466,25 @@ class Provider(ABC):
                 f"{opts.retry_after_s} seconds.",
                 headers={"retry-after": str(opts.retry_after_s)},
             )
+        quota = self.state.quota
+        if quota.active:
+            wait = quota.take(cost_of(request.get(SIM_BODY)))
+            if wait > 0:
+                retry = str(max(1, math.ceil(wait)))
+                return self.error(
+                    429, f"Rate limit reached for requests (simulated quota). Please try again "
+                    f"in {wait:.3f}s.", code="rate_limit_exceeded",
+                    headers={**quota.headers(self.state.kind), "retry-after": retry})
         if opts.error_rate > 0 and (opts.error_rate >= 1 or random.random() < opts.error_rate):
             return self.error(
                 opts.error_status, f"The server had an error (simulated {opts.error_status})."
             )
         return None
+
+    def quota_headers(self) -> dict[str, str]:
+        """Remaining-quota headers of a successful answer (none without a quota)."""
+        quota = self.state.quota
+        return quota.headers(self.state.kind) if quota.active else {}
 
     async def _hang(self, request: web.Request) -> web.StreamResponse:
         """Hold the request until the client disconnects or the simulator shuts down."""
@@ -475,7 +506,7 @@ class Provider(ABC):
         if self.state.options.malformed:
             return web.Response(body=MALFORMED_JSON, content_type="application/json",
                                 headers=self.response_headers())
-        return json_response(obj, headers=self.response_headers())
+        return json_response(obj, headers={**self.response_headers(), **self.quota_headers()})
 
     def response_headers(self) -> dict[str, str]:
         """Headers every answer carries (request ids and the like)."""
@@ -501,7 +532,8 @@ class Provider(ABC):
         state = self.state
         if opts.first_token_ms > 0:
             await asyncio.sleep(opts.first_token_ms / 1000.0)
-        resp = web.StreamResponse(headers={**_SSE_HEADERS, **self.response_headers()})
+        resp = web.StreamResponse(headers={**_SSE_HEADERS, **self.response_headers(),
+                                           **self.quota_headers()})
         limit = opts.reset_after_chunks
         truncate = opts.truncate_after_chunks
         sent = 0

@@ -61,7 +61,8 @@ def _add_control_routes(app: web.Application, state: SimState) -> None:
 
     async def health(_: web.Request) -> web.Response:
         return json_response(
-            {"status": "ok", "name": state.name, "kind": state.kind, "hanging": state.hanging}
+            {"status": "ok", "name": state.name, "kind": state.kind, "hanging": state.hanging,
+             "quota_admitted": state.quota.admitted, "quota_refused": state.quota.refused}
         )
 
     async def get_requests(_: web.Request) -> web.Response:
