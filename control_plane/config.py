@@ -6,6 +6,7 @@ in a PR fails validation instead of being silently ignored.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -119,6 +120,9 @@ class Provider(_Strict):
     #: `x-switchyard-dropped-params` response header) or reject the request with a 400.
     unsupported_params: Literal["drop", "reject"] = "drop"
     max_concurrent_requests: int = Field(default=4096, ge=1)
+    #: The provider account's quota, enforced by admission control and by Envoy's local rate
+    #: limit (requests) and circuit breaker (max_concurrent) as a safety net.
+    limits: QuotaLimits | None = None
     health: Health = Health()
     simulate: Simulate | None = None
 
@@ -193,9 +197,76 @@ class Price(_Strict):
         return data
 
 
+class QuotaLimits(_Strict):
+    """A quota with smooth refill: requests and tokens per minute, requests in flight."""
+
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+
+class ModelQuota(_Strict):
+    """A tenant's own limits on one model alias."""
+
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+
+PriorityClassName = Literal["interactive", "chat", "agent", "batch"]
+
+
+class CallerKey(_Strict):
+    """A caller's API key: from an environment variable, inline, or only its SHA-256 (hex)."""
+
+    env: str | None = None
+    value: SecretStr | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CallerKey:
+        if sum(x is not None for x in (self.env, self.value, self.sha256)) != 1:
+            raise ValueError("set exactly one of 'env', 'value' or 'sha256'")
+        return self
+
+    def digest(self) -> str | None:
+        """Hex SHA-256 of the key; None when its environment variable is unset."""
+        if self.sha256 is not None:
+            return self.sha256.lower()
+        key = self.value.get_secret_value() if self.value is not None else (
+            os.environ.get(self.env or "") or None)
+        return hashlib.sha256(key.encode()).hexdigest() if key else None
+
+
+class Tenant(_Strict):
+    api_keys: list[CallerKey] = Field(min_length=1)
+    #: The class of this tenant's requests; a request may lower it with x-switchyard-priority.
+    priority: PriorityClassName = "interactive"
+    limits: QuotaLimits = QuotaLimits()
+    #: Per (tenant, model alias) limits.
+    models: dict[str, ModelQuota] = Field(default_factory=dict)
+
+
+class PrioritySettings(_Strict):
+    #: Fraction of a provider's or backend's quota this class may use.
+    quota_share: float | None = Field(default=None, gt=0, le=1)
+    #: How long a request of this class may wait for headroom before it is shed.
+    max_queue_ms: int | None = Field(default=None, ge=0, le=600_000)
+
+
+class RedisSettings(_Strict):
+    url: str = Field(pattern=r"^rediss?://")
+
+
+class SharedState(_Strict):
+    redis: RedisSettings | None = None
+
+
 class Backend(_Strict):
     provider: str
     model: str = Field(min_length=1)
+    #: This deployment's own quota (on top of its provider's account quota).
+    limits: QuotaLimits | None = None
     price: Price | None = None
     context_window: int | None = Field(default=None, ge=1)
 
@@ -264,6 +335,21 @@ class GatewayConfig(_Strict):
     envoy_concurrency: int = Field(default=2, ge=1, le=64)
     providers: dict[Annotated[str, Field(pattern=_NAME)], Provider] = Field(min_length=1)
     models: dict[Annotated[str, Field(pattern=_NAME)], Model] = Field(default_factory=dict)
+    #: Absent: an open gateway, every caller is tenant "default" (class interactive).
+    tenants: dict[Annotated[str, Field(pattern=_NAME)], Tenant] | None = None
+    priorities: dict[PriorityClassName, PrioritySettings] = Field(default_factory=dict)
+    #: Absent: limits and statistics are per process.
+    shared_state: SharedState | None = None
+
+    @model_validator(mode="after")
+    def _tenant_models(self) -> GatewayConfig:
+        for name, tenant in (self.tenants or {}).items():
+            for alias in tenant.models:
+                if alias not in self.models:
+                    known = ", ".join(sorted(self.models)) or "none"
+                    raise _RefError(("tenants", name, "models", alias),
+                                    f"unknown model {alias!r} (known: {known})")
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:

@@ -20,6 +20,8 @@ from ext_proc.route import Forward, Reject
 from ext_proc.table import BackendInfo
 from switchyard.contract import (
     ANSWERED_BY_HEADER,
+    FIRST_BACKEND_KEY,
+    FIRST_PROVIDER_KEY,
     HEDGE_PREFIX,
     INTERNAL_HEADER_PREFIX,
     METADATA_NAMESPACE,
@@ -140,7 +142,8 @@ def strip_internal(names: list[str]) -> pb.ProcessingResponse:
 
 
 class OrderMetadata:
-    """Dynamic metadata for the priority_group specifier: attempt k -> candidate k.
+    """Dynamic metadata for the priority_group specifier (attempt k -> candidate k) and the
+    quota safety net's descriptors.
 
     Cached per distinct order: there are only a few per model."""
 
@@ -154,8 +157,13 @@ class OrderMetadata:
             if len(self._cache) > 4096:
                 self._cache.clear()
             cached = struct_pb2.Struct()
-            cached.update({METADATA_NAMESPACE: {PRIORITY_GROUPS_KEY: [
-                {"name": c, "clusters": [{"cluster_name": c, "weight": 1}]} for c in key]}})
+            cached.update({METADATA_NAMESPACE: {
+                PRIORITY_GROUPS_KEY: [
+                    {"name": c, "clusters": [{"cluster_name": c, "weight": 1}]} for c in key],
+                # Descriptors of Envoy's quota safety net (local rate limit per provider and
+                # backend): the first candidate.
+                FIRST_BACKEND_KEY: key[0],
+                FIRST_PROVIDER_KEY: cands[0].provider.name}})
             self._cache[key] = cached
         return cached
 

@@ -27,6 +27,24 @@ ANSWERED_BY_HEADER = "x-switchyard-answered-by"
 #: priority_group cluster specifier.
 METADATA_NAMESPACE = "switchyard"
 PRIORITY_GROUPS_KEY = "priority_groups"
+#: Keys (same namespace) naming the request's first candidate backend cluster and provider:
+#: the model routes' rate-limit descriptors for Envoy's quota safety net.
+FIRST_BACKEND_KEY = "first_backend"
+FIRST_PROVIDER_KEY = "first_provider"
 
 #: Cluster-name prefix of a hedged model's priority cluster.
 HEDGE_PREFIX = "hedge."
+
+#: Live selection (issue 9). Capabilities a request may need and a backend may lack (the
+#: control plane resolves each backend's from its provider kind and config).
+CAPABILITIES = ("tools", "images", "json_schema")
+#: `ALIAS:<preset>` selects a strategy preset of model ALIAS without a new config entry.
+PRESETS = {"fast": "latency", "cheap": "cost", "best": "quality"}
+#: Quality feedback for a response (route phase answers it; ext_proc must not be disabled).
+FEEDBACK_PATH = "/v1/feedback"
+#: Response headers: why the request went where it went, and the id feedback may name.
+ROUTE_HEADER = "x-switchyard-route"
+RESPONSE_ID_HEADER = "x-switchyard-request-id"
+#: Per-request tightening of the model's SLO / price cap (request headers).
+SLO_TTFT_HEADER = "x-switchyard-slo-ttft-ms"
+MAX_PRICE_HEADER = "x-switchyard-max-price"

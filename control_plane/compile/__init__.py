@@ -32,6 +32,7 @@ from control_plane.compile.names import (
     hedge_cluster_name,
     max_retries,
 )
+from control_plane.compile.quotas import summary as quota_summary
 from control_plane.compile.routes import MODELS_PATH, PRIORITY_GROUP_TYPE, route_configuration
 from control_plane.compile.table import routing_table
 from control_plane.config import GatewayConfig
@@ -90,6 +91,6 @@ def compile_config(cfg: GatewayConfig, created: Mapping[str, int] | None = None)
             f"{cluster_name(b)} ({cfg.providers[b.provider].kind} {cfg.providers[b.provider].host}"
             f":{cfg.providers[b.provider].port} model={b.model})" for b in model.backends)
         for alias, model in sorted(cfg.models.items())
-    ]
+    ] + quota_summary(cfg, backends)
     return Snapshot(version=version, resources=resources, versions=versions, routing=routing,
                     summary=summary)

@@ -15,6 +15,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from google.protobuf import json_format
 
 from control_plane.compile.names import cluster_name, ext_proc_filter, hedge_cluster_name
+from control_plane.compile.quotas import max_concurrent
 from control_plane.config import Backend, GatewayConfig, Model, Provider
 from switchyard.contract import METADATA_NAMESPACE
 
@@ -90,8 +91,8 @@ def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provid
         },
         "circuit_breakers": {"thresholds": [{
             "max_connections": provider.max_concurrent_requests,
-            "max_pending_requests": provider.max_concurrent_requests,
-            "max_requests": provider.max_concurrent_requests,
+            "max_pending_requests": max_concurrent(provider, backend),
+            "max_requests": max_concurrent(provider, backend),
             "retry_budget": {
                 "budget_percent": {"value": provider.health.retry_budget_percent},
                 "min_retry_concurrency": provider.health.min_retry_concurrency,

@@ -13,6 +13,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
 )
 from google.protobuf import json_format
 
+from control_plane.compile.clusters import backend_clusters
 from control_plane.compile.names import (
     LISTENER_NAME,
     ROUTE_CONFIG_NAME,
@@ -20,6 +21,7 @@ from control_plane.compile.names import (
     ext_proc_filter,
     seconds,
 )
+from control_plane.compile.quotas import local_rate_limit_filter
 from control_plane.config import GatewayConfig
 from switchyard.contract import METADATA_NAMESPACE
 
@@ -73,6 +75,8 @@ def _listener(cfg: GatewayConfig) -> dict[str, Any]:
         }]},
         "http_filters": [
             route_phase,
+            # Envoy's own quota safety net (provider/backend rpm), when any is configured.
+            *filter(None, [local_rate_limit_filter(cfg, backend_clusters(cfg))]),
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],

@@ -17,6 +17,7 @@ from envoy.extensions.retry.priority.previous_priorities.v3 import (  # noqa: F4
 )
 from google.protobuf import any_pb2, json_format, wrappers_pb2
 
+from control_plane.compile.clusters import backend_clusters
 from control_plane.compile.names import (
     MODEL_ROUTE_PREFIX,
     ROUTE_CONFIG_NAME,
@@ -25,6 +26,7 @@ from control_plane.compile.names import (
     hedge_cluster_name,
     max_retries,
 )
+from control_plane.compile.quotas import route_rate_limits, rpm_limits
 from control_plane.config import Failover, GatewayConfig, Model
 from protos import envoy_vendor_pb2
 from switchyard.contract import (
@@ -159,6 +161,8 @@ def _model_route(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, Any]
         "timeout": f"{cfg.limits.request_timeout_s:.0f}s",
         "retry_policy": _retry_policy(model.failover, len(model.backends)),
     }
+    if any(rpm_limits(cfg, backend_clusters(cfg))):
+        route["rate_limits"] = route_rate_limits()
     if model.failover.hedge_after_s is not None:
         route["hedge_policy"] = {"hedge_on_per_try_timeout": True}
         route["cluster"] = hedge_cluster_name(alias)

@@ -3,8 +3,10 @@ and per-kind options, backends with prices and context windows, models with thei
 
 from __future__ import annotations
 
+import json
+
 from control_plane.compile.names import cluster_name, max_retries
-from control_plane.config import Backend, GatewayConfig, Provider
+from control_plane.config import Backend, GatewayConfig, ModelQuota, Provider, QuotaLimits
 from protos import routing_pb2
 
 
@@ -34,7 +36,38 @@ def routing_table(cfg: GatewayConfig, backends: dict[str, Backend]) -> routing_p
             per_try_timeout_ms=int(f.per_try_timeout_s * 1000),
             first_byte_timeout_ms=int(f.first_byte_timeout_s * 1000),
             hedge_after_ms=int(f.hedge_after_s * 1000) if f.hedge_after_s else 0)
+    table.admission_json = admission_json(cfg, backends)
     return table
+
+
+def _quota(limits: QuotaLimits | ModelQuota | None) -> dict[str, float | int]:
+    return {k: v for k, v in limits.model_dump().items() if v is not None} if limits else {}
+
+
+def admission_json(cfg: GatewayConfig, backends: dict[str, Backend]) -> str:
+    """What admission control needs, resolved here so ext_proc never sees a caller's key: only
+    SHA-256 digests travel (a key whose environment variable is unset admits nobody)."""
+    tenants = None
+    if cfg.tenants is not None:
+        tenants = {
+            name: {"priority": t.priority,
+                   "api_keys": [{"sha256": d} for k in t.api_keys if (d := k.digest())],
+                   "limits": _quota(t.limits),
+                   "models": {a: _quota(q) for a, q in t.models.items()}}
+            for name, t in cfg.tenants.items()}
+    doc = {
+        "tenants": tenants,
+        "providers": {n: q for n, p in cfg.providers.items() if (q := _quota(p.limits))},
+        "backends": {c: q for c, b in backends.items() if (q := _quota(b.limits))},
+        "priorities": {n: {k: v for k, v in s.model_dump().items() if v is not None}
+                       for n, s in cfg.priorities.items()},
+        "redis": cfg.shared_state.redis.url if cfg.shared_state and cfg.shared_state.redis
+        else None,
+    }
+    if doc == {"tenants": None, "providers": {}, "backends": {}, "priorities": {},
+               "redis": None}:
+        return ""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 def _authority(provider: Provider) -> str:

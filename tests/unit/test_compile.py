@@ -179,6 +179,7 @@ def test_compiled_resources_pass_envoy_validate(tmp_path: Path) -> None:
                          "    failover: {hedge_after_s: 0.5}\n  smart:")
     # An alias with reserved characters: its `/v1/models/{id}` regex must compile in RE2.
     cfg += "  org/m:v1.2:\n    backends:\n      - {provider: sim, model: gpt-4o-mini}\n"
+    cfg = _with_quotas(cfg)  # the quota safety net (local rate limit + descriptors) too
     snap = compile_config(parse_config(cfg, "c.yaml"), created={"fast": 1760000000})
     bootstrap = bootstrap_pb2.Bootstrap()
     listener = bootstrap.static_resources.listeners.add()
@@ -206,3 +207,39 @@ def test_compiled_resources_pass_envoy_validate(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "OK" in result.stdout + result.stderr
+
+
+def _with_quotas(cfg: str) -> str:
+    return cfg.replace(
+        'api_key: {value: "sk-abc"}}',
+        'api_key: {value: "sk-abc"}, limits: {rpm: 600, tpm: 100000, max_concurrent: 20}}'
+    ).replace("- {provider: claude, model: claude-3-5-haiku-latest}\n  smart:",
+              "- {provider: claude, model: claude-3-5-haiku-latest, limits: {rpm: 30}}\n  smart:")
+
+
+def _hcm_filters(snap) -> list[str]:  # type: ignore[no-untyped-def]
+    hcm = http_connection_manager_pb2.HttpConnectionManager()
+    snap.resources[LISTENER_TYPE][0].filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    return [f.name for f in hcm.http_filters]
+
+
+def test_quotas_compile_into_envoy_local_rate_limit_and_circuit_breakers() -> None:
+    plain = _snapshot()
+    assert "envoy.filters.http.local_ratelimit" not in _hcm_filters(plain)
+    snap = compile_config(parse_config(_with_quotas(CONFIG), "c.yaml"))
+    assert _hcm_filters(snap) == ["envoy.filters.http.ext_proc",
+                                  "envoy.filters.http.local_ratelimit",
+                                  "envoy.filters.http.router"]
+    model_routes = [r for r in snap.resources[ROUTE_TYPE][0].virtual_hosts[0].routes
+                    if r.name.startswith("chat:")]
+    assert model_routes and all(len(r.route.rate_limits) == 2 for r in model_routes)
+    breakers = {c.name: c.circuit_breakers.thresholds[0].max_requests.value
+                for c in snap.resources[CLUSTER_TYPE]}
+    assert [v for k, v in breakers.items() if k.startswith("sim")] == [20]
+    lines = "\n".join(snap.summary)
+    assert "quota provider sim: 600 rpm (Envoy local rate limit)" in lines
+    assert "30 rpm (Envoy local rate limit)" in lines
+    # The routing table carries the same limits to ext_proc's admission control.
+    doc = orjson.loads(snap.routing.admission_json)
+    assert doc["providers"]["sim"] == {"rpm": 600, "tpm": 100000, "max_concurrent": 20}
+    assert doc["tenants"] is None and plain.routing.admission_json == ""
