@@ -269,6 +269,59 @@ class Backend(_Strict):
     limits: QuotaLimits | None = None
     price: Price | None = None
     context_window: int | None = Field(default=None, ge=1)
+    #: Quality prior 0..1 for selection: one number, or per task category.
+    quality: Annotated[float, Field(ge=0, le=1)] | dict[
+        TaskCategory, Annotated[float, Field(ge=0, le=1)]] | None = None
+    capabilities: Capabilities = Capabilities()
+
+    def lacks(self, kind: str) -> list[str]:
+        """Capabilities this backend lacks (kind default, then this backend's config)."""
+        lacking = set(KIND_LACKS.get(kind, ()))
+        for name, value in self.capabilities.model_dump().items():
+            if value is True:
+                lacking.discard(name)
+            elif value is False:
+                lacking.add(name)
+        return sorted(lacking)
+
+
+#: A task category of the request classifier (per-category quality priors).
+TaskCategory = Literal["tools", "long_context", "code", "reasoning", "chat"]
+#: Capabilities a provider kind lacks unless a backend's `capabilities:` says otherwise
+#: (every kind translates tools, images and JSON schema; a model may still lack them).
+KIND_LACKS: dict[str, frozenset[str]] = {"tgi": frozenset({"images"})}
+
+
+class Slo(_Strict):
+    """Constraint on predicted latency: a backend whose predicted `percentile` misses it is
+    only a fallback."""
+
+    ttft_ms: float | None = Field(default=None, gt=0)
+    tpot_ms: float | None = Field(default=None, gt=0)
+    percentile: float = Field(default=95.0, gt=0, lt=100)
+
+
+class Weights(_Strict):
+    """Balanced strategy: 2x the expected cost (or predicted latency) weighs as much as 0.1
+    quality, at equal weights."""
+
+    cost: float = Field(default=1.0, ge=0)
+    latency: float = Field(default=1.0, ge=0)
+    quality: float = Field(default=1.0, ge=0)
+
+
+class Routing(_Strict):
+    """Live selection among a model's backends (absent: the configured order)."""
+
+    strategy: Literal["ordered", "cost", "latency", "throughput", "quality", "balanced"] = (
+        "balanced")
+    weights: Weights = Weights()
+    slo: Slo | None = None
+    min_quality: float | None = Field(default=None, ge=0, le=1)
+    #: Share of traffic sent to a non-best backend; default 0.02 (0 for `ordered`).
+    explore: float | None = Field(default=None, ge=0, le=0.5)
+    #: Expected USD per request above which a backend is only a fallback.
+    max_price_usd: float | None = Field(default=None, gt=0)
 
 
 RetryOn = Literal["connect-failure", "reset", "5xx", "429", "timeout"]
@@ -300,6 +353,8 @@ class Model(_Strict):
     #: Ordered: the first is preferred, later ones are the fallback order.
     backends: list[Backend] = Field(min_length=1)
     failover: Failover = Failover()
+    #: Live selection (cost, latency, quality, SLO); absent: the configured order.
+    routing: Routing | None = None
     #: Unix time shown as `created` in `GET /v1/models`; default: when this control plane
     #: first loaded the model (kept across reloads).
     created: int | None = Field(default=None, ge=0)
@@ -390,6 +445,8 @@ class ConfigError(Exception):
 def _dotted(loc: tuple[str | int, ...]) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for a bad mapping key: the key is the field
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 

@@ -135,3 +135,50 @@ def test_cached_input_price_is_validated() -> None:
     err = _err(GOOD.replace("output: 0.6}", "output: 0.6, cached_input: -1}"))
     assert err.line == 8 and err.field == "models.m1.backends[0].price.cached_input"
     assert "greater than or equal" in str(err)
+
+
+TENANTS = GOOD + """\
+tenants:
+  acme:
+    api_keys: [{value: "sk-acme"}]
+    priority: chat
+    limits: {rpm: 600, tpm: 200000, max_concurrent: 50}
+    models: {m1: {rpm: 60}}
+"""
+
+
+@pytest.mark.parametrize(("text", "line", "field", "needle"), [
+    (TENANTS.replace("rpm: 600", "rpm: -5"), 14, "tenants.acme.limits.rpm", "greater than 0"),
+    (TENANTS.replace("priority: chat", "priority: vip"), 13, "tenants.acme.priority",
+     "interactive"),
+    (TENANTS.replace("models: {m1:", "models: {m9:"), 15, "tenants.acme.models.m9",
+     "unknown model 'm9'"),
+    (TENANTS + "priorities:\n  gold: {quota_share: 0.5}\n", 17, "priorities.gold", "interactive"),
+    (TENANTS + "priorities:\n  batch: {quota_share: 1.5}\n", 17, "priorities.batch.quota_share",
+     "less than or equal"),
+    (TENANTS.replace('[{value: "sk-acme"}]', '[{sha256: "abc"}]'), 12,
+     "tenants.acme.api_keys[0].sha256", "pattern"),
+    (GOOD.replace("api_key: {env: SY_TEST_KEY}}", "limits: {tpm: 0}}"), 3,
+     "providers.p1.limits.tpm", "greater than 0"),
+])
+def test_bad_admission_config_names_file_line_field(text: str, line: int, field: str,
+                                                    needle: str) -> None:
+    err = _err(text)
+    assert (err.line, err.field) == (line, field), str(err)
+    assert needle in err.message
+
+
+def test_tenant_keys_reach_ext_proc_only_as_digests() -> None:
+    import hashlib
+
+    import orjson
+
+    from control_plane.compile import compile_config
+
+    snap = compile_config(parse_config(TENANTS, "cfg.yaml"))
+    assert "sk-acme" not in snap.routing.admission_json
+    doc = orjson.loads(snap.routing.admission_json)
+    assert doc["tenants"]["acme"]["api_keys"] == [
+        {"sha256": hashlib.sha256(b"sk-acme").hexdigest()}]
+    assert doc["tenants"]["acme"]["priority"] == "chat"
+    assert doc["tenants"]["acme"]["models"] == {"m1": {"rpm": 60}}
