@@ -1,4 +1,5 @@
-"""The ext_proc's own HTTP endpoint (loopback): `/metrics` and `/healthz`.
+"""The ext_proc's own HTTP endpoint (loopback): `/metrics`, `/healthz` and `/limits` (every
+admission bucket's limit, remaining and reset, as JSON).
 
 `/healthz` answers 200 once a routing table has arrived from the control plane (else 503),
 with the backends the route phase currently orders last and why."""
@@ -8,12 +9,15 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ext_proc.admission.gate import Gate
+from ext_proc.select import Selector
 from ext_proc.stats import BackendHealth
 from ext_proc.table import RoutingClient
 
 
 async def start_http(address: str, port: int, routing: RoutingClient,
-                     health: BackendHealth | None = None) -> web.AppRunner:
+                     health: BackendHealth | None = None, gate: Gate | None = None,
+                     selector: Selector | None = None) -> web.AppRunner:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
 
@@ -24,9 +28,20 @@ async def start_http(address: str, port: int, routing: RoutingClient,
                 "unhealthy_backends": health.snapshot() if health else {}})
         return web.json_response({"status": "waiting for routing table"}, status=503)
 
+    async def limits(_: web.Request) -> web.Response:
+        return web.json_response(gate.snapshot() if gate else {})
+
+    async def routing_table(_: web.Request) -> web.Response:
+        """The live selection table per model: statistics, quality, share of first picks."""
+        if selector is None or not routing.ready.is_set():
+            return web.json_response({"models": {}})
+        return web.json_response(selector.table(routing.routes))
+
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/limits", limits)
+    app.router.add_get("/routing", routing_table)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, address, port).start()

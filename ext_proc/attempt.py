@@ -7,8 +7,10 @@ data out: `envoy.py` turns an `Upstream` into the CONTINUE_AND_REPLACE headers r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ext_proc.admission.gate import Gate
 from ext_proc.providers import PROVIDERS, without
 from ext_proc.route import Reject
 from ext_proc.state import Attempt, RequestState
@@ -107,15 +109,19 @@ def prepare(st: RequestState, backend: BackendInfo, strip: tuple[str, ...]
     )
 
 
-def answered(st: RequestState | None, backend: BackendInfo, status: bytes,
-             retry_after: str | None, health: BackendHealth) -> None:
-    """An attempt's upstream response headers: metrics, and health (429 cool-down, 5xx)."""
-    metrics.ATTEMPTS.labels(backend.label, status.decode()).inc()
+def answered(st: RequestState | None, backend: BackendInfo, headers: Mapping[str, str],
+             health: BackendHealth, gate: Gate) -> None:
+    """An attempt's upstream response headers: metrics, health (429 cool-down, 5xx) and the
+    provider's rate-limit headers for admission's backpressure."""
+    status = headers.get(":status", "")
+    metrics.ATTEMPTS.labels(backend.label, status).inc()
+    code = int(status) if status.isdigit() else 0
     if st is not None:
         attempt = st.attempt_for(backend.cluster)
         if attempt is not None:
-            attempt.status = int(status) if status.isdigit() else 0
-    if status == b"429":
-        health.cool_down(backend.cluster, retry_after)
+            attempt.status = code
+    if code == 429:
+        health.cool_down(backend.cluster, headers.get("retry-after"))
     else:
-        health.record(backend.cluster, status[:1] == b"5")
+        health.record(backend.cluster, status[:1] == "5")
+    gate.observe(backend.cluster, code, headers)

@@ -13,6 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2, text_format
 
+from ext_proc.admission.priorities import PRIORITY_HEADER
 from ext_proc.attempt import Upstream
 from ext_proc.ingress import Ingress
 from ext_proc.respond import BodyMode, BodyReply, HeadersReply
@@ -24,10 +25,12 @@ from switchyard.contract import (
     FIRST_PROVIDER_KEY,
     HEDGE_PREFIX,
     INTERNAL_HEADER_PREFIX,
+    MAX_PRICE_HEADER,
     METADATA_NAMESPACE,
     MODEL_HEADER,
     PRIORITY_GROUPS_KEY,
     REQUEST_ID_HEADER,
+    SLO_TTFT_HEADER,
 )
 
 ATTR_NS = "envoy.filters.http.ext_proc"
@@ -65,16 +68,27 @@ def headers(msg: pb.HttpHeaders) -> dict[str, str]:
     }
 
 
-def request_line(msg: pb.HttpHeaders) -> tuple[str, list[str]]:
-    """(path, client-sent internal headers to strip) of a route-phase request."""
+#: Request headers the route phase reads (caller identity, requested priority class).
+_WANTED = frozenset({"authorization", "x-api-key", PRIORITY_HEADER, SLO_TTFT_HEADER,
+                     MAX_PRICE_HEADER})
+
+
+def request_line(msg: pb.HttpHeaders) -> tuple[str, list[str], dict[str, str]]:
+    """(path, client-sent internal headers to strip, the few headers decisions read) of a
+    route-phase request."""
     path = ""
     internal = []
+    wanted: dict[str, str] = {}
     for h in msg.headers.headers:
-        if h.key == ":path":
+        key = h.key
+        if key == ":path":
             path = (h.raw_value or h.value.encode()).decode("latin-1")
-        elif h.key.startswith(INTERNAL_HEADER_PREFIX):
-            internal.append(h.key)
-    return path, internal
+            continue
+        if key in _WANTED:
+            wanted[key] = (h.raw_value or h.value.encode()).decode("latin-1")
+        if key.startswith(INTERNAL_HEADER_PREFIX):
+            internal.append(key)
+    return path, internal, wanted
 
 
 def attempt_target(req: pb.ProcessingRequest) -> tuple[str, str]:
@@ -133,7 +147,14 @@ def immediate(status: int, body: bytes, details: str,
 def reject(ingress: Ingress, r: Reject) -> pb.ProcessingResponse:
     """An immediate error reply in the client's own (ingress) error schema."""
     return immediate(r.status, ingress.error(r.message, r.type, r.code, r.param),
-                     r.code or r.type)
+                     r.code or r.type, tuple((k, v.encode()) for k, v in r.headers))
+
+
+def extend_timeout(seconds: float) -> pb.ProcessingResponse:
+    """Tell Envoy to wait longer for the real reply (a request queued for headroom)."""
+    resp = pb.ProcessingResponse()
+    resp.override_message_timeout.FromMilliseconds(max(1, int(seconds * 1000)))
+    return resp
 
 
 def strip_internal(names: list[str]) -> pb.ProcessingResponse:

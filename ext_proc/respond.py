@@ -8,6 +8,7 @@ becomes a `UsageRecord`. Plain data in and out: `envoy.py` builds the protobuf r
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -20,7 +21,12 @@ from ext_proc.route import Reject
 from ext_proc.state import RequestState
 from ext_proc.stats import BackendHealth
 from ext_proc.usage import NO_USAGE, UsageRecord, cost_usd
-from switchyard.contract import ANSWERED_BY_HEADER, ATTEMPTS_HEADER
+from switchyard.contract import (
+    ANSWERED_BY_HEADER,
+    ATTEMPTS_HEADER,
+    RESPONSE_ID_HEADER,
+    ROUTE_HEADER,
+)
 
 log = structlog.get_logger("switchyard.ext_proc")
 
@@ -62,9 +68,12 @@ def on_headers(st: RequestState, headers: dict[str, str], end_of_stream: bool,
         st.envoy_attempts = int(envoy_attempts)
         _note_unseen_failures(st, health)
     backend = st.backend
-    set_headers: list[tuple[str, bytes]] = []
+    set_headers: list[tuple[str, bytes]] = [(k, v.encode()) for k, v in st.rate_headers]
     if st.dropped:
         set_headers.append(("x-switchyard-dropped-params", ",".join(sorted(st.dropped)).encode()))
+    if st.selection is not None:
+        set_headers.append((ROUTE_HEADER, st.selection.explain.encode()))
+    set_headers.append((RESPONSE_ID_HEADER, st.rid.encode()))
     if backend is not None:
         set_headers.append(("x-switchyard-backend", backend.label.encode()))
         set_headers.append((ATTEMPTS_HEADER, str(st.attempt_count).encode()))
@@ -113,6 +122,10 @@ def on_body(st: RequestState, chunk: bytes, end_of_stream: bool) -> BodyReply:
             tail = handler.finish()
             if tail is not None:
                 out = tail if not out else out + tail
+        if st.response_id is None:  # the id the client sees (after translation)
+            seen = chunk if out is None else out
+            if seen:
+                st.response_id = response_id(seen) or ""
     except Exception as exc:  # a provider sent something we cannot translate
         log.warning("response translation failed", rid=st.rid, error=repr(exc)[:300])
         st.failed = True
@@ -123,6 +136,16 @@ def on_body(st: RequestState, chunk: bytes, end_of_stream: bool) -> BodyReply:
         return BodyReply(st.ingress.error(message, type_, code, None),
                          ((":status", b"502"), ("content-type", b"application/json")))
     return BodyReply(out)
+
+
+_ID = re.compile(rb'"id"\s*:\s*"([^"\\]{1,200})"')
+
+
+def response_id(first_chunk: bytes) -> str | None:
+    """The provider's response `id` from the first body chunk (the first `"id"` in it: the
+    top-level id of an OpenAI / Anthropic body or first stream event), or None."""
+    m = _ID.search(first_chunk, 0, 1024)
+    return m.group(1).decode("latin-1") if m else None
 
 
 def finish(st: RequestState, outcome: str = "completed") -> UsageRecord:
@@ -142,6 +165,9 @@ def finish(st: RequestState, outcome: str = "completed") -> UsageRecord:
         ttft_s=(st.t_first - st.t0) if st.t_first is not None else None,
         usage=usage,
         cost_usd=cost_usd(backend, usage) if usage is not NO_USAGE else 0.0,
+        route=st.selection.explain if st.selection is not None else None,
+        tenant=st.tenant,
+        klass=st.klass,
     )
 
 
@@ -152,7 +178,7 @@ def rejected(st: RequestState, r: Reject) -> UsageRecord:
     return UsageRecord(rid=st.rid, model=st.model, backend="-", status=r.status,
                        stream=st.stream, attempts=0, outcome="rejected",
                        latency_s=time.monotonic() - st.t0, ttft_s=None, usage=NO_USAGE,
-                       cost_usd=0.0, code=r.code or r.type)
+                       cost_usd=0.0, code=r.code or r.type, tenant=st.tenant, klass=st.klass)
 
 
 def interrupted(st: RequestState) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
 import signal
 import time
@@ -22,145 +21,79 @@ import uvloop
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from ext_proc import admin, attempt, envoy, respond, route
-from ext_proc.ingress import INGRESS
+from ext_proc import admin, envoy
+from ext_proc.admission.gate import Gate
+from ext_proc.pipeline import Pipeline
 from ext_proc.providers import warm
+from ext_proc.route import Wait
+from ext_proc.select import Selector
 from ext_proc.state import RequestState
 from ext_proc.stats import BackendHealth
-from ext_proc.table import RoutingClient
-from ext_proc.usage import account
-from switchyard.contract import CHAT_PATH
+from ext_proc.table import Routes, RoutingClient
 from switchyard.logs import configure_logging
 
 syslog = structlog.get_logger("switchyard.ext_proc")
 
 
 class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, routing: RoutingClient, health: BackendHealth | None = None) -> None:
-        self.routing = routing
-        self.health = health or BackendHealth()
-        self.inflight: dict[str, RequestState] = {}
-        self._order = envoy.OrderMetadata()
-        self._strip = attempt.StripList()
-        self._ids = itertools.count(1)
-        self._prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
+        p = self.pipeline
         st: RequestState | None = None
         try:
             async for req in request_iterator:
                 kind = req.WhichOneof("request")
                 if kind == "request_headers":
-                    if req.attributes:
-                        async for resp in self._translate_phase(req, request_iterator):
+                    if req.attributes:  # an upstream filter: one attempt's translate phase
+                        async for resp in p.translate_phase(req, request_iterator):
                             yield resp
                         return
-                    st = RequestState(self._prefix + str(next(self._ids)))
-                    yield self._on_request_headers(st, req.request_headers)
+                    st = p.new_request()
+                    yield p.request_headers(st, req.request_headers)
                 elif st is None:
                     yield envoy.EMPTY
                 elif kind == "request_body":
-                    yield self._on_request_body(st, req.request_body.body)
+                    reply = p.request_body(st, req.request_body.body)
+                    if isinstance(reply, Wait):  # queued for headroom
+                        yield envoy.extend_timeout(reply.deadline - time.monotonic() + 1)
+                        reply = await p.after_wait(st, reply)
+                    yield reply
                 elif kind in ("response_headers", "response_body"):
-                    yield self._on_response(st, req)
+                    yield p.response(st, req)
                 else:
                     yield envoy.EMPTY
         finally:
             if st is not None:
-                self.inflight.pop(st.rid, None)
-                if not st.logged and st.model:
-                    account(respond.finish(st, outcome=respond.interrupted(st)))
-
-    # -- route phase ------------------------------------------------------------------------
-    def _reject(self, st: RequestState, r: route.Reject) -> pb.ProcessingResponse:
-        account(respond.rejected(st, r))
-        return envoy.reject(st.ingress, r)
-
-    def _on_request_headers(self, st: RequestState, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
-        path, internal = envoy.request_line(msg)
-        ingress = route.ingress_for(path, msg.end_of_stream)
-        if isinstance(ingress, route.Reject):
-            if ingress.status == 404:  # not an API request: no log line, as Envoy's own 404
-                return envoy.reject(st.ingress, ingress)
-            return self._reject(st, ingress)
-        st.ingress = ingress
-        return envoy.strip_internal(internal) if internal else envoy.CONTINUE_REQUEST_HEADERS
-
-    def _on_request_body(self, st: RequestState, raw: bytes) -> pb.ProcessingResponse:
-        st.bytes_in = len(raw)
-        parsed = route.parse(st.ingress, raw)
-        if isinstance(parsed, route.Reject):
-            return self._reject(st, parsed)
-        st.model = parsed.alias
-        st.stream = parsed.stream
-        routes = self.routing.routes if self.routing.ready.is_set() else None
-        decision = route.decide(st.ingress, parsed, routes, self.health)
-        if isinstance(decision, route.Reject):
-            return self._reject(st, decision)
-        st.body = parsed.canonical
-        st.raw = parsed.raw
-        st.candidates = decision.candidates
-        self.inflight[st.rid] = st
-        return envoy.forward(decision, parsed.alias, st.rid, self._order)
-
-    def _on_response(self, st: RequestState, req: pb.ProcessingRequest
-                     ) -> pb.ProcessingResponse:
-        if req.HasField("response_headers"):
-            msg = req.response_headers
-            end = msg.end_of_stream
-            reply = envoy.response_headers(
-                respond.on_headers(st, envoy.headers(msg), end, self.health))
-        else:
-            end = req.response_body.end_of_stream
-            reply = envoy.response_body(respond.on_body(st, req.response_body.body, end))
-        if end:
-            account(respond.finish(st))
-        return reply
-
-    # -- translate phase --------------------------------------------------------------------
-    async def _translate_phase(self, req: pb.ProcessingRequest,
-                               rest: AsyncIterator[pb.ProcessingRequest]
-                               ) -> AsyncIterator[pb.ProcessingResponse]:
-        """One attempt: rewrite the request, then watch its response status for health."""
-        rid, cluster = envoy.attempt_target(req)
-        st, routes = self.inflight.get(rid), self.routing.routes
-        backend, problem = attempt.resolve(st, cluster, routes)
-        if st is None or backend is None:
-            assert problem is not None
-            yield envoy.reject(st.ingress if st else INGRESS[CHAT_PATH], problem)
-            return
-        built = attempt.prepare(st, backend, self._strip.of(routes))
-        if isinstance(built, route.Reject):
-            yield envoy.reject(st.ingress, built)  # logged by the route phase's response path
-            return
-        yield envoy.upstream(built)
-        async for msg in rest:
-            if msg.WhichOneof("request") == "response_headers":
-                status, retry_after = envoy.status_and_retry_after(msg.response_headers)
-                attempt.answered(st, backend, status, retry_after, self.health)
-                yield envoy.answered_by(backend.cluster)
-            else:
-                yield envoy.EMPTY
+                p.ended(st)
 
 
 async def serve(address: str, port: int, control_plane: str, metrics_port: int, node_id: str,
                 envoy_admin: str | None = None, unix_socket: str | None = None) -> None:
-    routing = RoutingClient(control_plane, node_id,
-                            on_update=lambda routes: warm(routes.clusters.values()))
+    gate = Gate()
+
+    def on_update(routes: Routes) -> None:
+        gate.configure(routes.admission_json)
+        warm(routes.clusters.values())
+
+    routing = RoutingClient(control_plane, node_id, on_update=on_update)
     tasks = [asyncio.create_task(routing.run())]
     health = BackendHealth()
+    selector = Selector(health)
     if envoy_admin:
         tasks.append(asyncio.create_task(health.poll_envoy(envoy_admin)))
     big = 64 * 1024 * 1024
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000), (
         "grpc.max_receive_message_length", big), ("grpc.max_send_message_length", big)])
-    pb_grpc.add_ExternalProcessorServicer_to_server(ExternalProcessor(routing, health), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(
+        ExternalProcessor(Pipeline(routing, health, gate, selector)), server)
     bound = server.add_insecure_port(f"{address}:{port}")
     if unix_socket:
         server.add_insecure_port(f"unix:{unix_socket}")
     await server.start()
-    http = await admin.start_http(address, metrics_port, routing, health)
+    http = await admin.start_http(address, metrics_port, routing, health, gate, selector)
     syslog.info("ext_proc listening", address=address, port=bound, control_plane=control_plane,
                 metrics_port=metrics_port)
     stop = asyncio.Event()

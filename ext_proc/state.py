@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ext_proc.admission import Reservation
 from ext_proc.ingress import INGRESS, Ingress
 from ext_proc.providers.base import ResponseHandler
+from ext_proc.select.rank import Selection
 from ext_proc.table import BackendInfo
 from switchyard.contract import CHAT_PATH
 
@@ -44,16 +46,25 @@ class RequestState:
         "dropped",
         "envoy_attempts",
         "failed",
+        "feedback",
         "handler",
         "ingress",
+        "klass",
         "logged",
+        "max_price_usd",
         "model",
+        "rate_headers",
         "raw",
+        "reservation",
+        "response_id",
         "rid",
+        "selection",
+        "slo_ttft_ms",
         "status",
         "stream",
         "t0",
         "t_first",
+        "tenant",
     )
 
     def __init__(self, rid: str) -> None:
@@ -83,6 +94,20 @@ class RequestState:
         #: True once an error replaced the response: nothing more goes to the client.
         self.failed = False
         self.logged = False
+        #: `POST /v1/feedback` (answered by the route phase itself).
+        self.feedback = False
+        #: Live selection's choice (explained in x-switchyard-route); None: not selected.
+        self.selection: Selection | None = None
+        #: The response's own `id` (what `POST /v1/feedback` names), once seen.
+        self.response_id: str | None = None
+        #: Client's per-request tightening of the SLO and price cap (None: the model's).
+        self.slo_ttft_ms: float | None = None
+        self.max_price_usd: float | None = None
+        #: Caller and class (admission); what admission charged; x-ratelimit-* to send back.
+        self.tenant = "default"
+        self.klass = "interactive"
+        self.reservation: Reservation | None = None
+        self.rate_headers: tuple[tuple[str, str], ...] = ()
 
     def attempt_for(self, cluster: str) -> Attempt | None:
         """The latest attempt that went to `cluster`."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import structlog
@@ -47,10 +47,45 @@ class BackendInfo:
     #: USD per 1M cached prompt tokens. The table always sets it (the input price when the
     #: config has none); left out (negative), it is the input price too.
     price_cached_input: float = -1.0
+    #: Configured quality prior (0..1) for every task category (negative: none) and per
+    #: category (overrides it), for selection.
+    quality: float = -1.0
+    quality_by: dict[str, float] = field(default_factory=dict, hash=False, compare=False)
+    #: Capabilities (contract.CAPABILITIES) this backend lacks: requests needing one never
+    #: go to it.
+    lacks: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.price_cached_input < 0:
             object.__setattr__(self, "price_cached_input", self.price_input)
+
+    def quality_for(self, category: str) -> float | None:
+        """The configured quality prior for a task category (None: not configured)."""
+        q = self.quality_by.get(category)
+        if q is not None:
+            return q
+        return self.quality if self.quality >= 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPolicy:
+    """A model's `routing:` block (absent: the configured order, unhealthy last)."""
+
+    #: ordered | cost | latency | throughput | quality | balanced
+    strategy: str = "ordered"
+    weight_cost: float = 1.0
+    weight_latency: float = 1.0
+    weight_quality: float = 1.0
+    #: 0: no SLO on that figure.
+    slo_ttft_ms: float = 0.0
+    slo_tpot_ms: float = 0.0
+    percentile: float = 95.0
+    #: 0: no floor.
+    min_quality: float = 0.0
+    #: Share of requests sent to a non-best backend to keep its statistics fresh.
+    explore: float = 0.0
+    #: Expected USD per request above which a backend is only a fallback (0: no cap).
+    max_price_usd: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +97,7 @@ class ModelInfo:
     per_try_timeout_ms: int
     first_byte_timeout_ms: int
     hedge_after_ms: int
+    routing: RoutingPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +108,9 @@ class Routes:
     #: Every provider's static header names: an attempt removes them all before setting its
     #: own provider's (earlier attempts' headers would otherwise leak into it).
     static_header_names: tuple[str, ...] = ()
+    #: Tenants (key digests), quotas, priorities, Redis URL as JSON: admission reads it once
+    #: per table (`ext_proc.admission.gate.Gate.configure`).
+    admission_json: str = ""
 
     @classmethod
     def from_proto(cls, table: routing_pb2.RoutingTable) -> Routes:
@@ -98,6 +137,9 @@ class Routes:
                 price_cached_input=b.price_cached_input,
                 context_window=b.context_window,
                 label=f"{b.provider}/{b.model}",
+                quality=b.quality if b.HasField("quality") else -1.0,
+                quality_by=dict(b.quality_by_category),
+                lacks=frozenset(b.lacks),
             )
             for b in table.backends
         }
@@ -105,12 +147,21 @@ class Routes:
             m.name: ModelInfo(
                 name=m.name, backends=tuple(clusters[c] for c in m.backends),
                 max_retries=m.max_retries, per_try_timeout_ms=m.per_try_timeout_ms,
-                first_byte_timeout_ms=m.first_byte_timeout_ms, hedge_after_ms=m.hedge_after_ms)
+                first_byte_timeout_ms=m.first_byte_timeout_ms, hedge_after_ms=m.hedge_after_ms,
+                routing=_policy(m.routing) if m.HasField("routing") else None)
             for m in table.models
         }
         static = tuple(sorted({k.lower() for p in providers.values() for k, _ in p.headers}))
         return cls(version=table.version, models=models, clusters=clusters,
-                   static_header_names=static)
+                   admission_json=table.admission_json, static_header_names=static)
+
+
+def _policy(r: routing_pb2.Routing) -> RoutingPolicy:
+    return RoutingPolicy(
+        strategy=r.strategy or "ordered", weight_cost=r.weight_cost,
+        weight_latency=r.weight_latency, weight_quality=r.weight_quality,
+        slo_ttft_ms=r.slo_ttft_ms, slo_tpot_ms=r.slo_tpot_ms, percentile=r.percentile or 95.0,
+        min_quality=r.min_quality, explore=r.explore, max_price_usd=r.max_price_usd)
 
 
 EMPTY = Routes(version="", models={}, clusters={})

@@ -16,8 +16,9 @@ def account(r: UsageRecord) -> None:
     """Metrics and the one log line of a finished request."""
     if r.outcome == "rejected":
         metrics.REJECTED.labels(reason=r.code or "rejected").inc()
-        log.info("request", rid=r.rid, model=r.model or None, status=r.status,
-                 outcome="rejected", code=r.code, latency_ms=round(r.latency_s * 1000, 1))
+        log.info("request", rid=r.rid, model=r.model or None, tenant=r.tenant,
+                 priority=r.klass, status=r.status, outcome="rejected", code=r.code,
+                 latency_ms=round(r.latency_s * 1000, 1))
         return
     u = r.usage
     m = metrics
@@ -37,6 +38,8 @@ def account(r: UsageRecord) -> None:
         "request",
         rid=r.rid,
         model=r.model,
+        tenant=r.tenant,
+        priority=r.klass,
         backend=r.backend,
         status=r.status,
         stream=r.stream,
@@ -49,4 +52,5 @@ def account(r: UsageRecord) -> None:
         cached_tokens=u.cached,
         reasoning_tokens=u.reasoning,
         cost_usd=round(r.cost_usd, 8),
+        route=r.route,
     )

@@ -21,3 +21,7 @@ LATENCY = Histogram("switchyard_request_seconds", "Gateway request latency", ["m
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 TTFT = Histogram("switchyard_ttft_seconds", "Time to first response byte", ["model", "backend"],
                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+ADMISSION = Counter("switchyard_admission_total",
+                    "Admission decisions by tenant, priority class and reason "
+                    "(decision: admitted | queued | shed | unauthenticated)",
+                    ["tenant", "priority", "decision", "reason"])

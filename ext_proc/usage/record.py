@@ -44,3 +44,8 @@ class UsageRecord:
     cost_usd: float
     #: Machine-readable reason of a rejection (the error `code`), else None.
     code: str | None = None
+    #: Live selection's explanation (the x-switchyard-route header), else None.
+    route: str | None = None
+    tenant: str = "default"
+    #: Priority class the request ran in.
+    klass: str = "interactive"

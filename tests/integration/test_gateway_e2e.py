@@ -180,13 +180,22 @@ def test_provider_error_mapped_to_openai_error(gateway: RunningGateway,
             client.chat.completions.create(model="claude-sim", messages=MESSAGES)
         assert exc.value.status_code == 529
         assert exc.value.body["type"] == "api_error"  # type: ignore[index]
-        gateway.sim_options("anthropic", error_rate=0.0, rate_limit=True, retry_after_s=7)
+        gateway.sim_options("anthropic", error_rate=0.0, rate_limit=True, retry_after_s=2)
         with pytest.raises(openai.RateLimitError) as rl:
             client.chat.completions.create(model="claude-sim", messages=MESSAGES)
-        assert rl.value.response.headers["retry-after"] == "7"
+        assert rl.value.response.headers["retry-after"] == "2"
         assert rl.value.code == "rate_limit_exceeded"
+        # The provider asked for 2 s of quiet: the gateway sheds the next request itself
+        # (admission backpressure) instead of sending it, with the remaining wait.
+        sent = len(gateway.sim_requests("anthropic"))
+        with pytest.raises(openai.RateLimitError) as shed:
+            client.chat.completions.create(model="claude-sim", messages=MESSAGES)
+        assert "provider rate limit" in shed.value.message
+        assert 1 <= int(shed.value.response.headers["retry-after"]) <= 2
+        assert len(gateway.sim_requests("anthropic")) == sent
     finally:
         gateway.sim_options("anthropic", error_rate=0.0, rate_limit=False)
+        time.sleep(2.1)  # let the provider's retry-after pass for the next tests
 
 
 def test_request_log_line_and_no_keys_in_logs(gateway: RunningGateway,

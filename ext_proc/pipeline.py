@@ -1,0 +1,191 @@
+"""The request pipeline of one ext_proc process: each Envoy message to its phase function
+(`route`, `attempt`, `respond`, admission's `Gate`) and the decision back to protobuf
+(`envoy`). Holds what outlives one message: in-flight requests by id, health, admission.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+
+from ext_proc import attempt, envoy, respond, route
+from ext_proc.admission.gate import Gate, unauthenticated
+from ext_proc.ingress import INGRESS
+from ext_proc.select import Selector
+from ext_proc.state import RequestState
+from ext_proc.stats import BackendHealth
+from ext_proc.table import RoutingClient
+from ext_proc.usage import NO_USAGE, UsageRecord, account
+from switchyard.contract import CHAT_PATH, FEEDBACK_PATH
+
+
+class Pipeline:
+    def __init__(self, routing: RoutingClient, health: BackendHealth | None = None,
+                 gate: Gate | None = None, selector: Selector | None = None) -> None:
+        self.routing = routing
+        self.health = health or BackendHealth()
+        self.gate = gate or Gate()
+        #: Live selection's state: statistics, quality posteriors, served response ids.
+        self.selector = selector or Selector(self.health)
+        self.inflight: dict[str, RequestState] = {}
+        self._order = envoy.OrderMetadata()
+        self._strip = attempt.StripList()
+        self._ids = itertools.count(1)
+        self._prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
+
+    def new_request(self) -> RequestState:
+        return RequestState(self._prefix + str(next(self._ids)))
+
+    def ended(self, st: RequestState) -> None:
+        """The route-phase stream closed, however it ended: account what was not yet."""
+        self.inflight.pop(st.rid, None)
+        if not st.logged and st.model:
+            self._account(st, respond.finish(st, outcome=respond.interrupted(st)))
+        elif st.reservation is not None and not st.reservation.released:
+            self.gate.settle(st.reservation, None, None, False)
+
+    # -- route phase ------------------------------------------------------------------------
+    def _reject(self, st: RequestState, r: route.Reject) -> pb.ProcessingResponse:
+        account(respond.rejected(st, r))
+        return envoy.reject(st.ingress, r)
+
+    def request_headers(self, st: RequestState, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
+        path, internal, wanted = envoy.request_line(msg)
+        if path.split("?", 1)[0] == FEEDBACK_PATH:  # answered with its body
+            st.feedback = True
+            return envoy.CONTINUE_REQUEST_HEADERS
+        st.slo_ttft_ms, st.max_price_usd = route.overrides(wanted)
+        ingress = route.ingress_for(path, msg.end_of_stream)
+        if isinstance(ingress, route.Reject):
+            if ingress.status == 404:  # not an API request: no log line, as Envoy's own 404
+                return envoy.reject(st.ingress, ingress)
+            return self._reject(st, ingress)
+        st.ingress = ingress
+        caller = route.identify(ingress, wanted, self.gate)
+        if isinstance(caller, route.Reject):
+            unauthenticated()
+            return self._reject(st, caller)
+        st.tenant, st.klass = caller.tenant, caller.klass
+        return envoy.strip_internal(internal) if internal else envoy.CONTINUE_REQUEST_HEADERS
+
+    def request_body(self, st: RequestState, raw: bytes
+                         ) -> pb.ProcessingResponse | route.Wait:
+        st.bytes_in = len(raw)
+        if st.feedback:
+            return self._feedback(raw)
+        parsed = route.parse(st.ingress, raw)
+        if isinstance(parsed, route.Reject):
+            return self._reject(st, parsed)
+        st.model = parsed.alias
+        st.stream = parsed.stream
+        routes = self.routing.routes if self.routing.ready.is_set() else None
+        ctx = self.selector.context(time.monotonic(), slo_ttft_ms=st.slo_ttft_ms,
+                                    max_price_usd=st.max_price_usd)
+        decision = route.decide(st.ingress, parsed, routes, self.health, ctx)
+        if isinstance(decision, route.Reject):
+            return self._reject(st, decision)
+        st.body = parsed.canonical
+        st.raw = parsed.raw
+        admitted = route.admit(decision, parsed, route.Caller(st.tenant, st.klass), self.gate)
+        if isinstance(admitted, route.Wait):
+            return admitted
+        return self._go(st, admitted)
+
+    async def after_wait(self, st: RequestState, w: route.Wait) -> pb.ProcessingResponse:
+        fwd = w.forward
+        d = await self.gate.wait(st.tenant, st.klass, st.model, fwd.candidates, w.tokens,
+                                 w.deadline)
+        admitted = route.admitted(fwd, d, w.tokens)
+        assert not isinstance(admitted, route.Wait)
+        return self._go(st, admitted)
+
+    def _go(self, st: RequestState, fwd: route.Forward | route.Reject) -> pb.ProcessingResponse:
+        if isinstance(fwd, route.Reject):
+            return self._reject(st, fwd)
+        st.candidates = fwd.candidates
+        st.selection = fwd.selection
+        if fwd.selection is not None:
+            self.selector.chosen(fwd.model.name, fwd.selection, time.monotonic())
+        st.reservation = fwd.reservation
+        st.rate_headers = fwd.rate_headers
+        self.inflight[st.rid] = st
+        # The model route is the base alias's (`gpt:fast` is routed as `gpt`).
+        return envoy.forward(fwd, fwd.model.name, st.rid, self._order)
+
+    def _account(self, st: RequestState, record: UsageRecord) -> None:
+        """A finished request: admission's reconcile, then metrics and the log line."""
+        if st.reservation is not None:
+            upstream = st.handler is not None and not isinstance(st.handler, respond.EnvoyReply)
+            known = record.usage if record.usage is not NO_USAGE else None
+            self.gate.settle(st.reservation, known, st.backend, upstream)
+        account(record)
+        if st.backend is not None:
+            self._learn(st, record)
+
+    def _learn(self, st: RequestState, record: UsageRecord) -> None:
+        """Live statistics from the finished request; remember what served its ids."""
+        assert st.backend is not None
+        cluster = st.backend.cluster
+        self.selector.finished(cluster, time.monotonic(), record.status, record.ttft_s,
+                               record.latency_s, record.usage.completion, st.stream,
+                               record.outcome)
+        sel = st.selection
+        if record.status == 200 and sel is not None:
+            for rid in (st.rid, st.response_id):
+                if rid:
+                    self.selector.remember(rid, st.model, cluster, sel.category)
+
+    def _feedback(self, raw: bytes) -> pb.ProcessingResponse:
+        """`POST /v1/feedback`: update the quality estimate of what served a response."""
+        r = self.selector.feedback(raw)
+        if r.body is not None:
+            return envoy.immediate(r.status, orjson.dumps(r.body), "feedback")
+        return envoy.reject(INGRESS[CHAT_PATH], route.Reject(
+            r.status, r.message, "invalid_request_error", r.code, r.param))
+
+    def response(self, st: RequestState, req: pb.ProcessingRequest
+                     ) -> pb.ProcessingResponse:
+        if req.HasField("response_headers"):
+            msg = req.response_headers
+            end = msg.end_of_stream
+            reply = envoy.response_headers(
+                respond.on_headers(st, envoy.headers(msg), end, self.health))
+        else:
+            end = req.response_body.end_of_stream
+            reply = envoy.response_body(respond.on_body(st, req.response_body.body, end))
+        if end:
+            self._account(st, respond.finish(st))
+        return reply
+
+    # -- translate phase --------------------------------------------------------------------
+    async def translate_phase(self, req: pb.ProcessingRequest,
+                               rest: AsyncIterator[pb.ProcessingRequest]
+                               ) -> AsyncIterator[pb.ProcessingResponse]:
+        """One attempt: rewrite the request, then watch its response status for health."""
+        rid, cluster = envoy.attempt_target(req)
+        st, routes = self.inflight.get(rid), self.routing.routes
+        backend, problem = attempt.resolve(st, cluster, routes)
+        if st is None or backend is None:
+            assert problem is not None
+            yield envoy.reject(st.ingress if st else INGRESS[CHAT_PATH], problem)
+            return
+        built = attempt.prepare(st, backend, self._strip.of(routes))
+        if isinstance(built, route.Reject):
+            yield envoy.reject(st.ingress, built)  # logged by the route phase's response path
+            return
+        yield envoy.upstream(built)
+        async for msg in rest:
+            if msg.WhichOneof("request") == "response_headers":
+                headers = envoy.headers(msg.response_headers)
+                attempt.answered(st, backend, headers, self.health, self.gate)
+                status = headers.get(":status", "")
+                self.selector.attempt_status(backend.cluster,
+                                             int(status) if status.isdigit() else 0)
+                yield envoy.answered_by(backend.cluster)
+            else:
+                yield envoy.EMPTY
