@@ -12,8 +12,9 @@ Choices where the two APIs differ:
   as are images inside a result (rejected: OpenAI tool messages carry text only).
 - Thinking blocks in the history are dropped (OpenAI cannot take them back); `thinking`
   budgets become a `reasoning_effort` bucket (<=2048 low, <=8192 medium, else high),
-  `output_config.effort` maps by name, `output_config.format` becomes a `json_schema`
-  response_format (not `strict`: OpenAI's strict dialect would reject many valid schemas).
+  `output_config.effort` maps by name, `output_config.format` (or the structured-outputs
+  beta's top-level `output_format`) becomes a `json_schema` response_format (not `strict`:
+  OpenAI's strict dialect would reject many valid schemas).
 - `max_tokens` becomes `max_completion_tokens` (reasoning models reject `max_tokens`); streams
   always ask for usage so `message_delta` can report tokens. `top_k` has no OpenAI form.
 - Responses: `reasoning_content` becomes a thinking block with an empty signature (there is
@@ -224,7 +225,7 @@ def validate(req: Any) -> _Problem | None:
         for j, t in enumerate(tools):
             if not isinstance(t, dict):
                 return f"tools.{j}", "Input should be a valid dictionary"
-    for key in ("tool_choice", "thinking", "metadata", "output_config"):
+    for key in ("tool_choice", "thinking", "metadata", "output_config", "output_format"):
         v = req.get(key)
         if v is not None and not isinstance(v, dict):
             return key, "Input should be a valid dictionary"
@@ -436,6 +437,22 @@ def _effort(req: dict[str, Any]) -> str | None:
     raise TranslationError("Input should be 'enabled', 'disabled' or 'adaptive'", "thinking.type")
 
 
+def _output_format(req: dict[str, Any]) -> tuple[Any, str] | None:
+    """The structured-output format and the param that set it: `output_config.format`, or
+    the top-level `output_format` (the structured-outputs beta's form); not both."""
+    oc = req.get("output_config")
+    nested = oc.get("format") if isinstance(oc, dict) else None
+    top = req.get("output_format")
+    if top is not None and nested is not None:
+        raise TranslationError(
+            "Set either output_format or output_config.format, not both", param="output_format")
+    if top is not None:
+        return top, "output_format"
+    if nested is not None:
+        return nested, "output_config.format"
+    return None
+
+
 def request_to_openai(req: dict[str, Any]) -> dict[str, Any]:
     """Anthropic Messages request -> canonical OpenAI chat request (a new dict).
 
@@ -486,9 +503,8 @@ def request_to_openai(req: dict[str, Any]) -> dict[str, Any]:
         out["user"] = user
     if (effort := _effort(req)) is not None:
         out["reasoning_effort"] = effort
-    oc = req.get("output_config")
-    fmt = oc.get("format") if isinstance(oc, dict) else None
-    if fmt is not None:
+    if (fmt_param := _output_format(req)) is not None:
+        fmt, param = fmt_param
         schema = fmt.get("schema") if isinstance(fmt, dict) else None
         if (
             not isinstance(fmt, dict)
@@ -496,9 +512,7 @@ def request_to_openai(req: dict[str, Any]) -> dict[str, Any]:
             or not isinstance(schema, dict)
         ):
             raise TranslationError(
-                "Input should be {type: 'json_schema', schema: {...}}",
-                param="output_config.format",
-            )
+                "Input should be {type: 'json_schema', schema: {...}}", param=param)
         out["response_format"] = {
             "type": "json_schema",
             "json_schema": {"name": "output", "schema": schema},

@@ -291,6 +291,17 @@ REQUESTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         },
     ),
     (
+        "structured output, top-level output_format (structured-outputs beta)",
+        base(messages=[user("hi")], output_format={"type": "json_schema", "schema": SCHEMA}),
+        {
+            "messages": [user("hi")],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": SCHEMA},
+            },
+        },
+    ),
+    (
         "strict tool",
         base(
             messages=[user("hi")],
@@ -474,6 +485,15 @@ def test_validate_names_the_field(req: Any, param: str | None) -> None:
         (
             base(messages=[user("x")], output_config={"format": {"type": "xml"}}),
             "output_config.format",
+        ),
+        (base(messages=[user("x")], output_format={"type": "xml"}), "output_format"),
+        (
+            base(
+                messages=[user("x")],
+                output_format={"type": "json_schema", "schema": SCHEMA},
+                output_config={"format": {"type": "json_schema", "schema": SCHEMA}},
+            ),
+            "output_format",
         ),
     ],
 )
