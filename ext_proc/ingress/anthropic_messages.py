@@ -12,7 +12,7 @@ import orjson
 from ext_proc.ingress.base import IngressError
 from ext_proc.providers import PROVIDERS
 from ext_proc.providers.anthropic import AnthropicProvider
-from ext_proc.providers.base import Headers, ResponseHandler
+from ext_proc.providers.base import Headers, ResponseHandler, alias_of
 from ext_proc.table import BackendInfo
 from ext_proc.translate import anthropic_messages as messages
 from ext_proc.translate.canonical import TranslationError, Usage
@@ -57,10 +57,11 @@ class AnthropicMessages:
     def response(self, status: int, content_type: str, body: dict[str, Any],
                  backend: BackendInfo) -> ResponseHandler:
         provider = PROVIDERS[backend.provider.kind]
+        alias = alias_of(body, backend)
         if isinstance(provider, AnthropicProvider):
-            return provider.passthrough_response(status, content_type)
+            return provider.passthrough_response(status, content_type, alias, backend)
         inner = provider.response(status, content_type, body, backend)
-        return ToAnthropic(inner, status, backend.model)
+        return ToAnthropic(inner, status, alias)
 
     def local_error(self, status: int, text: str) -> bytes:
         type_ = "overloaded_error" if status == 503 else "api_error"

@@ -15,16 +15,17 @@ from ext_proc.providers.base import (
     Headers,
     ResponseHandler,
     Stream,
+    alias_of,
     is_sse,
-    json_usage,
     keep,
+    same_schema,
     translated,
     translated_error,
     unsupported_of,
 )
 from ext_proc.table import BackendInfo
 from ext_proc.translate import anthropic
-from ext_proc.translate.canonical import Usage, client_wants_usage
+from ext_proc.translate.canonical import Usage, client_wants_usage, model_renamer
 
 
 class AnthropicProvider:
@@ -54,45 +55,51 @@ class AnthropicProvider:
         path, headers = self._surface(backend)
         return path, anthropic.rename_model(raw, backend.model), headers
 
-    def passthrough_response(self, status: int, content_type: str) -> ResponseHandler:
-        """The Messages answer to a `passthrough` request, untouched; usage is read from it."""
+    def passthrough_response(self, status: int, content_type: str, alias: str,
+                             backend: BackendInfo) -> ResponseHandler:
+        """The Messages answer to a `passthrough` request: usage is read from it, the model is
+        shown as the client's `alias`, and a stream the upstream cuts short ends with an
+        `event: error` (the reader's own frame); nothing else changes."""
         if status < 300 and is_sse(content_type):
-            return Passthrough(anthropic.StreamUsageReader(), streaming=True)
+            return PassthroughStream(
+                anthropic.StreamUsageReader(model_renamer(backend.model, alias)))
         if status < 300:
-            return Buffered(json_usage(anthropic.usage_of), rewrites=False)
+            return same_schema(anthropic.usage_of, alias, backend)
         return Buffered(keep, rewrites=False)
 
     def response(self, status: int, content_type: str, req: dict[str, Any],
                  backend: BackendInfo) -> ResponseHandler:
+        alias = alias_of(req, backend)
         if status < 300 and is_sse(content_type):
-            return Stream(anthropic.StreamToOpenAI(backend.model, client_wants_usage(req),
+            return Stream(anthropic.StreamToOpenAI(alias, client_wants_usage(req),
                                                    json_tool=anthropic.json_tool_name(req)))
         if status < 300:
             return translated(
                 lambda data: anthropic.response_to_openai(
-                    data, backend.model, json_tool=anthropic.json_tool_name(req)),
+                    data, alias, json_tool=anthropic.json_tool_name(req)),
                 anthropic.usage_of)
         return translated_error(anthropic.error_to_openai, status)
 
 
-class Passthrough:
-    """Body untouched; a reader object (feed/usage) only watches it, for usage."""
+class PassthroughStream:
+    """A same-schema Messages stream relayed through its `StreamUsageReader`: whole frames
+    go out as they complete (message_start renamed), usage is read on the way, and what the
+    reader adds at the end (a last frame's missing blank line, or the `event: error` of a
+    stream cut short) reaches the client too: never a stream that just stops."""
 
-    rewrites = False
-    content_type = None
+    streaming = True
+    rewrites = True  # frames may be held or renamed, and an error event appended
+    content_type = None  # keep the upstream's text/event-stream
 
-    def __init__(self, reader: Any, streaming: bool) -> None:
+    def __init__(self, reader: anthropic.StreamUsageReader) -> None:
         self._reader = reader
-        self.streaming = streaming
 
     @property
     def usage(self) -> Usage | None:
-        u: Usage | None = self._reader.usage
-        return u
+        return self._reader.usage
 
-    def feed(self, chunk: bytes) -> bytes | None:
-        self._reader.feed(chunk)
-        return None
+    def feed(self, chunk: bytes) -> bytes:
+        return self._reader.feed(chunk)
 
-    def finish(self) -> bytes | None:
-        return None
+    def finish(self) -> bytes:
+        return self._reader.finish()

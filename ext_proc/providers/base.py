@@ -15,7 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from ext_proc.table import BackendInfo, ProviderInfo
-from ext_proc.translate.canonical import Usage
+from ext_proc.translate.canonical import Usage, model_renamer
 
 Headers = list[tuple[str, bytes]]
 
@@ -201,6 +201,28 @@ def json_usage(usage_of: Callable[[dict[str, Any]], Usage | None]
 
 def keep(body: bytes) -> tuple[bytes | None, Usage | None]:
     return None, None
+
+
+def alias_of(canonical: dict[str, Any], backend: BackendInfo) -> str:
+    """The model name the client asked for (the alias), which every answer reports: clients
+    look up cost and capabilities by it. The upstream's name if the request has none."""
+    model = canonical.get("model")
+    return model if isinstance(model, str) and model else backend.model
+
+
+def same_schema(usage_of: Callable[[dict[str, Any]], Usage | None], alias: str,
+                backend: BackendInfo) -> Buffered:
+    """A successful same-schema JSON answer: usage read, the upstream's `model` shown as the
+    client's alias (the body is otherwise left as it came)."""
+    rename = model_renamer(backend.model, alias)
+    if rename is None:
+        return Buffered(json_usage(usage_of), rewrites=False)
+    read = json_usage(usage_of)
+
+    def convert(body: bytes) -> tuple[bytes | None, Usage | None]:
+        return rename(body), read(body)[1]
+
+    return Buffered(convert, rewrites=True)
 
 
 def is_sse(content_type: str) -> bool:

@@ -13,6 +13,7 @@ from ext_proc.providers.base import (
     Headers,
     ResponseHandler,
     Stream,
+    alias_of,
     translated,
     translated_error,
     unsupported_of,
@@ -47,10 +48,11 @@ class BedrockProvider:
 
     def response(self, status: int, content_type: str, req: dict[str, Any],
                  backend: BackendInfo) -> ResponseHandler:
+        alias = alias_of(req, backend)
         if status < 300 and content_type.startswith(bedrock.EVENTSTREAM):
-            return Stream(bedrock.StreamToOpenAI(backend.model, client_wants_usage(req)))
+            return Stream(bedrock.StreamToOpenAI(alias, client_wants_usage(req)))
         if status < 300:
-            return translated(lambda data: bedrock.response_to_openai(data, backend.model),
+            return translated(lambda data: bedrock.response_to_openai(data, alias),
                               bedrock.usage_of)
         # The x-amzn-errortype header is not passed here: the body's `__type` or the status
         # decides the error type (bedrock-runtime maps each type to its own status).
@@ -91,7 +93,7 @@ class BedrockProvider:
             data = orjson.loads(body)
             count = data.get("inputTextTokenCount") if isinstance(data, dict) else None
             tokens = count if isinstance(count, int) and not isinstance(count, bool) else None
-            out = bedrock.embeddings_response([body], backend.model, encoding, tokens)
+            out = bedrock.embeddings_response([body], alias_of(req, backend), encoding, tokens)
             return out, Usage(tokens, 0) if tokens is not None else None
 
         return Buffered(convert, rewrites=True)

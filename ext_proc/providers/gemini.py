@@ -18,6 +18,7 @@ from ext_proc.providers.base import (
     Headers,
     ResponseHandler,
     Stream,
+    alias_of,
     is_sse,
     translated,
     translated_error,
@@ -36,11 +37,11 @@ _JSON: Headers = [("content-type", b"application/json")]
 def _response(
     status: int, content_type: str, req: dict[str, Any], backend: BackendInfo
 ) -> ResponseHandler:
+    alias = alias_of(req, backend)
     if status < 300 and is_sse(content_type):
-        return Stream(gemini.StreamToOpenAI(backend.model, client_wants_usage(req)))
+        return Stream(gemini.StreamToOpenAI(alias, client_wants_usage(req)))
     if status < 300:
-        return translated(lambda data: gemini.response_to_openai(data, backend.model),
-                          gemini.usage_of)
+        return translated(lambda data: gemini.response_to_openai(data, alias), gemini.usage_of)
     return translated_error(gemini.error_to_openai, status)
 
 
@@ -53,7 +54,8 @@ def _embeddings_handler(
     fmt = fmt if fmt == "base64" else "float"
 
     def convert(body: bytes) -> tuple[bytes | None, Usage | None]:
-        out = gemini.embeddings_response(body, backend.model, vertex, encoding_format=fmt)
+        out = gemini.embeddings_response(body, alias_of(req, backend), vertex,
+                                         encoding_format=fmt)
         return out, gemini.embeddings_usage_of(orjson.loads(body), vertex)
 
     return Buffered(convert, rewrites=True)

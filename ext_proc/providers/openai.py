@@ -11,13 +11,20 @@ from ext_proc.providers.base import (
     Headers,
     ResponseHandler,
     Stream,
+    alias_of,
     is_sse,
-    json_usage,
     keep,
+    same_schema,
 )
 from ext_proc.table import BackendInfo
 from ext_proc.translate import openai
-from ext_proc.translate.canonical import client_wants_usage, error_event
+from ext_proc.translate.canonical import (
+    STREAM_TRUNCATED,
+    TRUNCATED_MESSAGE,
+    client_wants_usage,
+    error_event,
+    model_renamer,
+)
 
 
 class _RelayStream(Stream):
@@ -28,8 +35,7 @@ class _RelayStream(Stream):
         out = super().finish()
         relay: openai.StreamRelay = self._t
         if not relay.saw_done and relay.error is None:
-            out += error_event("The upstream provider ended the stream before it was "
-                                      "complete", "api_error", "upstream_stream_truncated")
+            out += error_event(TRUNCATED_MESSAGE, "api_error", STREAM_TRUNCATED)
         return out
 
 
@@ -52,10 +58,12 @@ class OpenAIProvider:
 
     def response(self, status: int, content_type: str, req: dict[str, Any],
                  backend: BackendInfo) -> ResponseHandler:
+        alias = alias_of(req, backend)
         if status < 300 and is_sse(content_type):
-            return _RelayStream(openai.StreamRelay(client_wants_usage(req)))
+            return _RelayStream(openai.StreamRelay(client_wants_usage(req),
+                                                   model_renamer(backend.model, alias)))
         if status < 300:
-            return Buffered(json_usage(openai.usage_of), rewrites=False)
+            return same_schema(openai.usage_of, alias, backend)
         return Buffered(keep, rewrites=False)
 
     # Embeddings: same schema too; only the model name changes and only usage is read.
@@ -73,7 +81,7 @@ class OpenAIProvider:
     def embeddings_response(self, status: int, content_type: str, req: dict[str, Any],
                             backend: BackendInfo) -> ResponseHandler:
         if status < 300:
-            return Buffered(json_usage(openai.usage_of), rewrites=False)
+            return same_schema(openai.usage_of, alias_of(req, backend), backend)
         return Buffered(keep, rewrites=False)
 
 

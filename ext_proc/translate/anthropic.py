@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import Any, TypeGuard
 
 import orjson
@@ -43,6 +44,8 @@ from switchyard.framing.sse import SSEEvent, SSEParser, parse_frame
 from .canonical import (
     DONE_FRAME,
     STATUS_ERRORS,
+    STREAM_TRUNCATED,
+    TRUNCATED_MESSAGE,
     ChunkWriter,
     SSETranslator,
     TranslationError,
@@ -709,7 +712,7 @@ class StreamToOpenAI(SSETranslator):
     # -- internals
 
     def _end(self, out: list[bytes]) -> None:
-        out.append(self._fail("upstream stream ended before message_stop", "api_error", None))
+        out.append(self._fail(TRUNCATED_MESSAGE, "api_error", STREAM_TRUNCATED))
 
     def _start(self, msg_id: str | None) -> bytes:
         """Fix the chunk id and open the choice."""
@@ -864,12 +867,14 @@ class StreamUsageReader:
 
     Only whole frames go out (a client cannot act on a partial one anyway), so an upstream
     that stops early can still be closed with a clean `event: error` instead of a torn frame.
-    Only message_start/message_delta/error frames are parsed; deltas are not.
+    Only message_start/message_delta/error frames are parsed; deltas are not. `rename`
+    shows the client its own model name in message_start (the only event naming the model).
     """
 
     __slots__ = (
         "_parser",
         "_raw",
+        "_rename",
         "done",
         "error",
         "first_token_at",
@@ -877,8 +882,9 @@ class StreamUsageReader:
         "usage",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, rename: Callable[[bytes], bytes] | None = None) -> None:
         self._parser = SSEParser()
+        self._rename = rename
         self._raw: dict[str, int] = {}
         self.usage: Usage | None = None
         self.stop_reason: str | None = None
@@ -890,10 +896,14 @@ class StreamUsageReader:
         """The bytes to send downstream: the complete frames of what arrived so far."""
         held = self._parser.pending
         frames = self._parser.feed_frames(chunk)
-        for _, ev in frames:
+        renamed = False
+        for i, (raw, ev) in enumerate(frames):
             if ev is not None:
                 self._inspect(ev)
-        if not held and not self._parser.pending:
+                if self._rename is not None and ev.event == "message_start":
+                    frames[i] = (self._rename(raw), ev)
+                    renamed = True
+        if not held and not self._parser.pending and not renamed:
             return chunk  # the usual case: whole frames in, the same bytes out (no copy)
         return b"".join(raw for raw, _ in frames)
 
@@ -907,8 +917,9 @@ class StreamUsageReader:
             self._inspect(ev)
             if self.done:
                 return rest + b"\n\n"
+        # A frame cut short is dropped: the client gets whole frames, then the error.
         self.done = True
-        self.error = {"type": "api_error", "message": "upstream stream ended before message_stop"}
+        self.error = {"type": "api_error", "message": TRUNCATED_MESSAGE}
         return _error_event(self.error["message"])
 
     def _inspect(self, ev: SSEEvent) -> None:

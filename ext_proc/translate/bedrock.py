@@ -23,6 +23,7 @@ from switchyard.framing.eventstream import EventStreamDecoder, EventStreamError,
 
 from .canonical import (
     DONE_FRAME,
+    STREAM_TRUNCATED,
     ChunkWriter,
     StreamTranslator,
     TranslationError,
@@ -512,7 +513,8 @@ class StreamToOpenAI(StreamTranslator[Message]):
             self.done = True
             out.append(DONE_FRAME)
             return
-        out.append(self._fail("upstream stream ended before messageStop", "api_error", None))
+        out.append(self._fail("upstream stream ended before messageStop", "api_error",
+                              STREAM_TRUNCATED))
 
     def _event(self, m: Message, out: list[bytes], lenient: bool = False) -> None:
         h = m.headers
@@ -576,7 +578,7 @@ class StreamToOpenAI(StreamTranslator[Message]):
             self.usage = usage = _usage(ev.get("usage"))
             if self.finish_reason is None:  # metadata is the last event; no stop was seen
                 out.append(self._fail("upstream stream ended before messageStop",
-                                      "api_error", None))
+                                      "api_error", STREAM_TRUNCATED))
                 return
             if self._include_usage:
                 out.append(w.usage(_openai_usage(usage)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import orjson
@@ -24,6 +24,8 @@ from switchyard.framing.sse import SSEEvent, SSEParser, parse_frame
 __all__ = [
     "DONE_FRAME",
     "STATUS_ERRORS",
+    "STREAM_TRUNCATED",
+    "TRUNCATED_MESSAGE",
     "ChunkWriter",
     "SSETranslator",
     "StreamTranslator",
@@ -39,6 +41,7 @@ __all__ = [
     "json_error",
     "max_tokens_of",
     "messages_of",
+    "model_renamer",
     "number",
     "openai_usage",
     "positive_int",
@@ -63,6 +66,28 @@ class Usage(NamedTuple):
 
 
 DONE_FRAME = b"data: [DONE]\n\n"
+#: The `code` of the error that ends a stream the upstream cut short (before its terminal
+#: event), whichever provider and translator: clients and logs can match on one value.
+#: (Anthropic-format `event: error` objects have no code field; their type is `api_error`.)
+STREAM_TRUNCATED = "upstream_stream_truncated"
+TRUNCATED_MESSAGE = "The upstream provider ended the stream before it was complete"
+
+
+def model_renamer(upstream: str, alias: str) -> Callable[[bytes], bytes] | None:
+    """A function showing the client its own model name: every `"model": "<upstream>"` member
+    of the JSON in the given bytes (whole frames or a whole body) becomes `"model":"<alias>"`.
+    None when there is nothing to rename.
+
+    Inside a JSON string a quote is escaped, so the pattern only matches a real member."""
+    if upstream == alias:
+        return None
+    pattern = re.compile(rb'"model"\s*:\s*' + re.escape(orjson.dumps(upstream)))
+    to = b'"model":' + orjson.dumps(alias)
+
+    def rename(data: bytes) -> bytes:
+        return pattern.sub(lambda _: to, data) if b'"model"' in data else data
+
+    return rename
 
 
 class TranslationError(Exception):

@@ -32,6 +32,7 @@ from switchyard.framing.sse import SSEEvent
 from .canonical import (
     DONE_FRAME,
     STATUS_ERRORS,
+    STREAM_TRUNCATED,
     ChunkWriter,
     SSETranslator,
     TranslationError,
@@ -684,7 +685,8 @@ class StreamToOpenAI(SSETranslator):
             out.append(DONE_FRAME)
             self.done = True
         else:
-            out.append(self._fail("upstream stream ended before finishReason", "api_error", None))
+            out.append(self._fail("upstream stream ended before finishReason", "api_error",
+                                  STREAM_TRUNCATED))
 
     def _text(self, index: int, text: str, thought: bool) -> bytes:
         if self.first_token_at is None:  # inline: the hot path

@@ -8,6 +8,7 @@ shares lives in `canonical`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -51,15 +52,18 @@ def rewrite_model(resp: dict[str, Any], alias: str) -> None:
 class StreamRelay:
     """Relay an upstream OpenAI SSE stream, noting usage, [DONE] and in-stream errors.
 
-    When the client asked for usage the bytes pass through untouched and at once; otherwise
-    frames are held until complete so the injected usage-only chunk can be dropped.
+    When the client asked for usage and no model is renamed, the bytes pass through untouched
+    and at once; otherwise frames are held until complete, so the injected usage-only chunk
+    can be dropped and each chunk's `model` shown as the client's alias (`rename`).
     """
 
-    __slots__ = ("_parser", "_wants_usage", "error", "saw_done", "usage")
+    __slots__ = ("_parser", "_rename", "_wants_usage", "error", "saw_done", "usage")
 
-    def __init__(self, client_wants_usage: bool) -> None:
+    def __init__(self, client_wants_usage: bool,
+                 rename: Callable[[bytes], bytes] | None = None) -> None:
         self._parser = SSEParser()
         self._wants_usage = client_wants_usage
+        self._rename = rename
         self.usage: Usage | None = None
         self.saw_done = False
         self.error: dict[str, Any] | None = None
@@ -67,7 +71,7 @@ class StreamRelay:
     def feed(self, chunk: bytes) -> bytes:
         """Return the bytes to send downstream for this upstream chunk."""
         frames = self._parser.feed_frames(chunk)
-        if self._wants_usage:
+        if self._wants_usage and self._rename is None:
             for _, ev in frames:
                 if ev is not None:
                     self._inspect(ev)
@@ -79,9 +83,8 @@ class StreamRelay:
                 dropped = True
             else:
                 out.append(raw)
-        if not dropped and len(out) == 1:
-            return out[0]
-        return b"".join(out)
+        data = out[0] if not dropped and len(out) == 1 else b"".join(out)
+        return self._rename(data) if self._rename is not None else data
 
     def finish(self) -> bytes:
         """Flush an unterminated last frame (inspected leniently, as if it had ended)."""
@@ -90,9 +93,11 @@ class StreamRelay:
             return b""
         ev = parse_frame(rest)
         drop = ev is not None and self._inspect(ev)
-        if self._wants_usage or drop:
+        if self._rename is None and self._wants_usage:
+            return b""  # already passed on as it arrived
+        if drop:
             return b""
-        return rest
+        return self._rename(rest) if self._rename is not None else rest
 
     def _inspect(self, ev: SSEEvent) -> bool:
         """Record what the event tells us; True if it is a usage-only chunk to drop."""

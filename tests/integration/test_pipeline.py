@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import orjson
@@ -178,3 +179,84 @@ def test_cached_and_reasoning_tokens_are_priced_and_reported(pipe: Pipeline) -> 
     metrics = httpx.get(f"http://127.0.0.1:{pipe.ports['metrics']}/metrics").text
     assert 'switchyard_tokens_total{backend="spare/gpt-p",kind="cached",model="priced"} 4.0' \
         in metrics
+
+
+def _anthropic(pipe: Pipeline) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=pipe.url, api_key=CLIENT_KEY, max_retries=0, timeout=20)
+
+
+def test_anthropic_passthrough_stream_cut_short_raises(pipe: Pipeline) -> None:
+    """Anthropic client, Anthropic backend (same schema, passed through), the provider ends
+    the stream early: the client gets an `event: error` (the SDK raises), not a stream that
+    just stops with stop_reason None."""
+    pipe.options("claude", truncate_after_chunks=3)
+    body = {"model": "mal-claude", "max_tokens": 50, "stream": True,
+            "messages": [{"role": "user", "content": "cut me short"}]}
+    try:
+        kwargs = {k: v for k, v in body.items() if k != "stream"}
+        with (pytest.raises(anthropic.APIStatusError) as exc,
+              _anthropic(pipe).messages.stream(**kwargs) as stream):  # type: ignore[arg-type]
+            for _ in stream:
+                pass
+        assert "ended the stream before it was complete" in str(exc.value)
+        r = httpx.post(pipe.url + "/v1/messages", json=body, timeout=20)
+        events = _sse(r.content)
+        assert events[0][0] == "message_start", r.content
+        assert events[-1][0] == "error" and [e for e, _ in events].count("error") == 1
+        assert orjson.loads(events[-1][1])["error"]["type"] == "api_error"
+        assert b"message_stop" not in r.content
+    finally:
+        pipe.options("claude")
+
+
+def test_truncation_code_is_the_same_for_every_backend(pipe: Pipeline) -> None:
+    """OpenAI client: a stream cut short ends with one error whose code is
+    `upstream_stream_truncated`, whether the backend is relayed (OpenAI) or translated
+    (Anthropic)."""
+    for model, sim in (("mal-openai", "spare"), ("mal-claude", "claude")):
+        pipe.options(sim, truncate_after_chunks=3)
+        try:
+            r = httpx.post(pipe.url + "/v1/chat/completions", timeout=20, json={
+                "model": model, "stream": True,
+                "messages": [{"role": "user", "content": "cut me short"}]})
+        finally:
+            pipe.options(sim)
+        errors = [orjson.loads(d)["error"] for _, d in _sse(r.content)
+                  if d != b"[DONE]" and b'"error"' in d]
+        assert len(errors) == 1, r.content
+        assert errors[0]["code"] == "upstream_stream_truncated", (model, errors)
+
+
+@pytest.mark.parametrize("model", ["mal-openai", "mal-claude"])
+def test_responses_name_the_alias(pipe: Pipeline, model: str) -> None:
+    """Every answer's `model` is the alias the client asked for, not the upstream model
+    (clients look up cost by it): both ingresses, buffered and streamed."""
+    msgs = [{"role": "user", "content": "who am I talking to"}]
+    done = pipe.client.chat.completions.create(model=model, messages=msgs)  # type: ignore[arg-type]
+    assert done.model == model
+    chunks = list(pipe.client.chat.completions.create(
+        model=model, messages=msgs, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True}))
+    assert chunks and {c.model for c in chunks} == {model}
+    client = _anthropic(pipe)
+    msg = client.messages.create(model=model, max_tokens=20, messages=msgs)  # type: ignore[arg-type]
+    assert msg.model == model
+    with client.messages.stream(model=model, max_tokens=20, messages=msgs) as stream:  # type: ignore[arg-type]
+        final = stream.get_final_message()
+    assert final.model == model
+
+
+def test_output_format_reaches_a_non_anthropic_backend(pipe: Pipeline) -> None:
+    """`output_format` (the structured-outputs beta's top-level form) on /v1/messages to an
+    OpenAI backend becomes its json_schema response_format, like output_config.format."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    sim = f"http://127.0.0.1:{pipe.ports['spare']}/_sim/requests"
+    httpx.delete(sim).raise_for_status()
+    r = httpx.post(pipe.url + "/v1/messages", timeout=20, json={
+        "model": "mal-openai", "max_tokens": 30,
+        "messages": [{"role": "user", "content": "a number please"}],
+        "output_format": {"type": "json_schema", "schema": schema}})
+    assert r.status_code == 200, r.text
+    sent = httpx.get(sim).json()[-1]["body"]
+    assert sent["response_format"] == {"type": "json_schema",
+                                       "json_schema": {"name": "output", "schema": schema}}

@@ -95,17 +95,21 @@ def test_vllm_without_key_sends_no_authorization() -> None:
         assert "authorization" not in dict(headers)
 
 
-def test_openai_embeddings_response_reads_usage_only() -> None:
+def test_openai_embeddings_response_reads_usage_and_names_the_alias() -> None:
     b = backend("openai", "text-embedding-3-small")
-    ok = orjson.dumps({"object": "list", "data": [], "model": "m",
+    ok = orjson.dumps({"object": "list", "data": [], "model": "text-embedding-3-small",
                        "usage": {"prompt_tokens": 7, "total_tokens": 7}})
     h = OpenAIProvider().embeddings_response(200, "application/json", EMBED, b)
-    assert isinstance(h, Buffered) and not h.streaming and not h.rewrites
-    assert run(h, ok) is None and h.usage == Usage(7, 0)
+    assert isinstance(h, Buffered) and not h.streaming and h.rewrites
+    assert run(h, ok) == ok.replace(b'"text-embedding-3-small"', b'"alias"')
+    assert h.usage == Usage(7, 0)
     err = OpenAIProvider().embeddings_response(400, "application/json", EMBED, b)
     assert run(err, b'{"error": {"message": "bad"}}') is None and err.usage is None
     junk = OpenAIProvider().embeddings_response(200, "application/json", EMBED, b)
-    assert run(junk, b"not json") is None and junk.usage is None
+    assert run(junk, b"not json") == b"not json" and junk.usage is None
+    same = backend("openai", "alias")  # alias == upstream name: nothing to rewrite
+    h = OpenAIProvider().embeddings_response(200, "application/json", EMBED, same)
+    assert not h.rewrites and run(h, ok) is None
 
 
 # --- Azure ---------------------------------------------------------------------------------
@@ -147,7 +151,7 @@ def test_azure_responses_like_openai() -> None:
     body = orjson.dumps({"id": "x", "choices": [], "usage": {"prompt_tokens": 3,
                                                              "completion_tokens": 4}})
     h = a.response(200, "application/json", CHAT, b)
-    assert run(h, body) is None and h.usage == Usage(3, 4)
+    assert run(h, body) == body and h.usage == Usage(3, 4)  # no `model` to rename
     # A stream cut before [DONE] gets an error event appended, exactly as for OpenAI.
     chunk = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
     s = a.response(200, "text/event-stream; charset=utf-8", CHAT, b)
@@ -157,7 +161,7 @@ def test_azure_responses_like_openai() -> None:
     assert orjson.loads(events[0].data)["error"]["code"] == "upstream_stream_truncated"
     assert events[-1].data == b"[DONE]"
     e = a.embeddings_response(200, "application/json", EMBED, b)
-    assert run(e, b'{"usage": {"prompt_tokens": 2, "total_tokens": 2}}') is None
+    assert run(e, b'{"usage": {"prompt_tokens": 2, "total_tokens": 2}}') is not None
     assert e.usage == Usage(2, 0)
 
 
@@ -306,5 +310,5 @@ async def test_chat_through_adapter_and_sim(
                                   lambda s, ct: adapter.response(s, ct, CHAT, b))
     assert status == 200, out
     completion = ChatCompletion.model_validate_json(out)
-    assert completion.model == model
+    assert completion.model == CHAT["model"]  # the alias the client asked for
     assert "hello there" in (completion.choices[0].message.content or "")

@@ -172,12 +172,19 @@ def test_openai_usage_details() -> None:
 
 @pytest.mark.parametrize("kind", ["openai", "azure_openai", "vllm"])
 def test_openai_compatible_handlers_usage(kind: str) -> None:
+    """Same schema: the body is kept but for `model`, which names the client's alias."""
     p, b = PROVIDERS[kind], backend(kind)
     h = p.response(200, "application/json", CHAT, b)
-    assert run(h, OPENAI_BODY) == OPENAI_BODY and h.usage == OPENAI_EXPECTED
-    h = p.response(200, "text/event-stream", {**CHAT, "stream": True}, b)
-    run(h, OPENAI_STREAM)
-    assert h.streaming and h.usage == OPENAI_EXPECTED
+    assert run(h, OPENAI_BODY) == OPENAI_BODY.replace(b'"up-model"', b'"m"')
+    assert h.usage == OPENAI_EXPECTED
+    for wants_usage in (False, True):
+        req = {**CHAT, "stream": True, "stream_options": {"include_usage": wants_usage}}
+        h = p.response(200, "text/event-stream", req, b)
+        out = run(h, OPENAI_STREAM, piece=7)
+        assert h.streaming and h.usage == OPENAI_EXPECTED
+        chunks = [orjson.loads(e.data) for e in SSEParser().feed(out) if e.data != b"[DONE]"]
+        assert {c["model"] for c in chunks} == {"m"}
+        assert (b'"usage"' in out) is wants_usage
 
 
 ANTHROPIC_USAGE = {"input_tokens": 10, "cache_read_input_tokens": 80,
@@ -219,13 +226,37 @@ def test_anthropic_passthrough_usage() -> None:
     raw = {"model": "alias", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     path, body, _ = ingress.request({}, raw, b)
     assert path == b"/v1/messages" and orjson.loads(body) == {**raw, "model": "up-model"}
-    h = ingress.response(200, "application/json", {}, b)
+    h = ingress.response(200, "application/json", {}, b)  # no alias known: nothing renamed
     assert not h.rewrites and run(h, ANTHROPIC_BODY) == ANTHROPIC_BODY
     assert h.usage == ANTHROPIC_EXPECTED
-    h = ingress.response(200, "text/event-stream", {}, b)
-    assert h.streaming and not h.rewrites
-    run(h, ANTHROPIC_STREAM)
+    canonical = {"model": "alias"}
+    h = ingress.response(200, "application/json", canonical, b)
+    assert run(h, ANTHROPIC_BODY) == ANTHROPIC_BODY.replace(b'"up-model"', b'"alias"')
     assert h.usage == ANTHROPIC_EXPECTED
+    h = ingress.response(200, "text/event-stream", canonical, b)
+    assert h.streaming
+    assert run(h, ANTHROPIC_STREAM) == ANTHROPIC_STREAM.replace(b'"up-model"', b'"alias"')
+    assert h.usage == ANTHROPIC_EXPECTED
+
+
+@pytest.mark.parametrize("cut", [3, 4])
+def test_anthropic_passthrough_stream_cut_short_ends_with_one_error_event(cut: int) -> None:
+    """The upstream stops after `cut` whole frames (or in the middle of the next): the client
+    gets those frames and then one `event: error`, never a stream that just stops."""
+    ingress, b = INGRESS[MESSAGES_PATH], backend("anthropic")
+    frames = ANTHROPIC_STREAM.split(b"\n\n")
+    body = b"\n\n".join(frames[:cut]) + b"\n\n" + frames[cut][:10]
+    h = ingress.response(200, "text/event-stream", {"model": "alias"}, b)
+    out = run(h, body)
+    events = SSEParser().feed(out)
+    assert [e.event for e in events][:-1] == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_stop",
+    ][:cut]
+    assert events[-1].event == "error" and [e.event for e in events].count("error") == 1
+    assert orjson.loads(events[-1].data) == {"type": "error", "error": {
+        "type": "api_error",
+        "message": "The upstream provider ended the stream before it was complete"}}
+    assert b"message_stop" not in out
 
 
 def test_messages_ingress_over_openai_backend_keeps_usage() -> None:
