@@ -262,6 +262,21 @@ class SharedState(_Strict):
     redis: RedisSettings | None = None
 
 
+#: A task category of the request classifier (per-category quality priors).
+TaskCategory = Literal["tools", "long_context", "code", "reasoning", "chat"]
+#: Capabilities a provider kind lacks unless a backend's `capabilities:` says otherwise
+#: (every kind translates tools, images and JSON schema; a model may still lack them).
+KIND_LACKS: dict[str, frozenset[str]] = {"tgi": frozenset({"images"})}
+
+
+class Capabilities(_Strict):
+    """What the model behind a backend can do; unset: the provider kind's default."""
+
+    tools: bool | None = None
+    images: bool | None = None
+    json_schema: bool | None = None
+
+
 class Backend(_Strict):
     provider: str
     model: str = Field(min_length=1)
@@ -283,13 +298,6 @@ class Backend(_Strict):
             elif value is False:
                 lacking.add(name)
         return sorted(lacking)
-
-
-#: A task category of the request classifier (per-category quality priors).
-TaskCategory = Literal["tools", "long_context", "code", "reasoning", "chat"]
-#: Capabilities a provider kind lacks unless a backend's `capabilities:` says otherwise
-#: (every kind translates tools, images and JSON schema; a model may still lack them).
-KIND_LACKS: dict[str, frozenset[str]] = {"tgi": frozenset({"images"})}
 
 
 class Slo(_Strict):

@@ -38,6 +38,8 @@ HEDGE_PREFIX = "hedge."
 #: Live selection (issue 9). Capabilities a request may need and a backend may lack (the
 #: control plane resolves each backend's from its provider kind and config).
 CAPABILITIES = ("tools", "images", "json_schema")
+#: Task categories of a request (selection's classifier; per-category quality in the config).
+TASK_CATEGORIES = ("tools", "long_context", "code", "reasoning", "chat")
 #: `ALIAS:<preset>` selects a strategy preset of model ALIAS without a new config entry.
 PRESETS = {"fast": "latency", "cheap": "cost", "best": "quality"}
 #: Quality feedback for a response (route phase answers it; ext_proc must not be disabled).

@@ -31,6 +31,7 @@ from control_plane.config import Failover, GatewayConfig, Model
 from protos import envoy_vendor_pb2
 from switchyard.contract import (
     ATTEMPTS_HEADER,
+    FEEDBACK_PATH,
     INGRESS_PATHS_REGEX,
     METADATA_NAMESPACE,
     MODEL_HEADER,
@@ -126,6 +127,12 @@ def _routes(cfg: GatewayConfig, created: Mapping[str, int]) -> dict[str, Any]:
                                               "headers": [post]},
                  "direct_response": {"status": 503, "body": {"inline_string": error_json(
                      "The gateway could not route this request", "api_error", "no_route")}},
+                 "response_headers_to_add": json_headers},
+                # Quality feedback: the route phase answers it (ext_proc stays enabled here);
+                # this reply is only seen when ext_proc did not answer.
+                {"name": "feedback", "match": {"path": FEEDBACK_PATH, "headers": [post]},
+                 "direct_response": {"status": 503, "body": {"inline_string": error_json(
+                     "The gateway could not take this feedback", "api_error", "no_route")}},
                  "response_headers_to_add": json_headers},
                 {"name": "not_found", "match": {"prefix": "/"},
                  "direct_response": {"status": 404, "body": {"inline_string": error_json(

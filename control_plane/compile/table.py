@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 
 from control_plane.compile.names import cluster_name, max_retries
-from control_plane.config import Backend, GatewayConfig, ModelQuota, Provider, QuotaLimits
+from control_plane.config import (
+    Backend,
+    GatewayConfig,
+    ModelQuota,
+    Provider,
+    QuotaLimits,
+    Routing,
+)
 from protos import routing_pb2
 
 
@@ -21,13 +28,18 @@ def routing_table(cfg: GatewayConfig, backends: dict[str, Backend]) -> routing_p
             headers=provider.headers, options=provider.options(),
         )
     for cname, backend in sorted(backends.items()):
-        table.backends.add(
+        added = table.backends.add(
             cluster=cname, provider=backend.provider, model=backend.model,
             price_input=backend.price.input if backend.price else 0.0,
             price_output=backend.price.output if backend.price else 0.0,
             price_cached_input=backend.price.cached_input if backend.price else 0.0,
             context_window=backend.context_window or 0,
+            lacks=backend.lacks(cfg.providers[backend.provider].kind),
         )
+        if isinstance(backend.quality, dict):
+            added.quality_by_category.update(backend.quality)
+        elif backend.quality is not None:
+            added.quality = backend.quality
     for alias, model in sorted(cfg.models.items()):
         f = model.failover
         table.models.add(
@@ -35,9 +47,22 @@ def routing_table(cfg: GatewayConfig, backends: dict[str, Backend]) -> routing_p
             max_retries=max_retries(f, len(model.backends)),
             per_try_timeout_ms=int(f.per_try_timeout_s * 1000),
             first_byte_timeout_ms=int(f.first_byte_timeout_s * 1000),
-            hedge_after_ms=int(f.hedge_after_s * 1000) if f.hedge_after_s else 0)
+            hedge_after_ms=int(f.hedge_after_s * 1000) if f.hedge_after_s else 0,
+            routing=_routing(model.routing) if model.routing else None)
     table.admission_json = admission_json(cfg, backends)
     return table
+
+
+def _routing(r: Routing) -> routing_pb2.Routing:
+    """A model's selection policy, defaults resolved (explore: 0.02, 0 for `ordered`)."""
+    explore = r.explore if r.explore is not None else (0.0 if r.strategy == "ordered" else 0.02)
+    return routing_pb2.Routing(
+        strategy=r.strategy, weight_cost=r.weights.cost, weight_latency=r.weights.latency,
+        weight_quality=r.weights.quality,
+        slo_ttft_ms=(r.slo.ttft_ms or 0.0) if r.slo else 0.0,
+        slo_tpot_ms=(r.slo.tpot_ms or 0.0) if r.slo else 0.0,
+        percentile=r.slo.percentile if r.slo else 95.0,
+        min_quality=r.min_quality or 0.0, explore=explore, max_price_usd=r.max_price_usd or 0.0)
 
 
 def _quota(limits: QuotaLimits | ModelQuota | None) -> dict[str, float | int]:
