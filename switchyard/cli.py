@@ -1,4 +1,4 @@
-"""`switchyard` command line: up | validate | sim | control-plane | ext-proc."""
+"""`switchyard` command line: up | validate | sim | replay | control-plane | ext-proc."""
 
 from __future__ import annotations
 
@@ -109,6 +109,12 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from switchyard.replay.cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="switchyard", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -127,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     sim = sub.add_parser("sim", help="run the provider simulator for `simulate:` providers")
     sim.add_argument("--config", type=Path, default=default)
     sim.set_defaults(func=_cmd_sim)
+
+    from switchyard.replay.cli import add_parser as add_replay_parser
+
+    add_replay_parser(sub).set_defaults(func=_cmd_replay)
 
     cp = sub.add_parser("control-plane", help="run only the control plane", add_help=False)
     cp.set_defaults(func=None, module="control_plane.server")
