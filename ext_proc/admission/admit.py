@@ -149,12 +149,27 @@ class Reservation:
                 f"charged={self.charged!r})")
 
 
-@dataclass(frozen=True, slots=True)
 class Admit:
-    candidates: tuple[Any, ...]
-    reservation: Reservation
-    #: `x-ratelimit-*` headers for the answer (the tenant's tightest limits).
-    headers: tuple[tuple[str, str], ...]
+    """Go ahead: `candidates` (those with headroom, failover order) and the reservation."""
+
+    __slots__ = ("_headers", "_now", "candidates", "reservation")
+
+    def __init__(self, candidates: tuple[Any, ...], reservation: Reservation,
+                 now: float) -> None:
+        self.candidates = candidates
+        self.reservation = reservation
+        self._now = now
+        self._headers: tuple[tuple[str, str], ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"Admit({len(self.candidates)} candidates, {self.reservation!r})"
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """`x-ratelimit-*` for the answer (the tenant's tightest limits), computed on use."""
+        if self._headers is None:
+            self._headers = rate_headers(self.reservation.tenant_scopes, self._now)
+        return self._headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +218,28 @@ def _take(sc: Scope, tokens: int) -> None:
         sc.tpm.take(tokens)
     if sc.conc is not None:
         sc.conc.acquire()
+
+
+def rate_headers(tscopes: tuple[Scope, ...], now: float) -> tuple[tuple[str, str], ...]:
+    """OpenAI-style `x-ratelimit-*` headers from the tightest of the tenant's buckets."""
+    rpm = tpm = None
+    for sc in tscopes:
+        if sc.rpm is not None and (rpm is None or sc.rpm.level(now) / sc.rpm.capacity
+                                   < rpm.level(now) / rpm.capacity):
+            rpm = sc.rpm
+        if sc.tpm is not None and (tpm is None or sc.tpm.level(now) / sc.tpm.capacity
+                                   < tpm.level(now) / tpm.capacity):
+            tpm = sc.tpm
+    out: list[tuple[str, str]] = []
+    if rpm is not None:
+        out += [("x-ratelimit-limit-requests", str(int(rpm.limit))),
+                ("x-ratelimit-remaining-requests", str(rpm.remaining(now))),
+                ("x-ratelimit-reset-requests", go_duration(rpm.reset_s(now)))]
+    if tpm is not None:
+        out += [("x-ratelimit-limit-tokens", str(int(tpm.limit))),
+                ("x-ratelimit-remaining-tokens", str(tpm.remaining(now))),
+                ("x-ratelimit-reset-tokens", go_duration(tpm.reset_s(now)))]
+    return tuple(out)
 
 
 _SCOPE_KIND = {"tenant": "tenant", "tm": "tenant_model", "provider": "provider",
@@ -254,10 +291,11 @@ class Admission:
         bl = self.config.backends.get(c.cluster)
         if bl is not None:
             sc = self.store.scope(f"backend:{c.cluster}", bl, True, now)
-            f = self.backpressure.factor(c.cluster, now)
-            for b in (sc.rpm, sc.tpm, sc.conc):
-                if b is not None:
-                    b.factor = f
+            if c.cluster in self.backpressure.backends:
+                f = self.backpressure.factor(c.cluster, now)
+                for b in (sc.rpm, sc.tpm, sc.conc):
+                    if b is not None:
+                        b.factor = f
             out.append(sc)
         return tuple(out)
 
@@ -305,45 +343,23 @@ class Admission:
         if charged is not None:
             self.backpressure.sent(charged, tokens)
         res = Reservation(tscopes, first, charged, tokens, klass, alias)
-        return Admit(tuple(ok), res, self._headers(tscopes, now))
+        return Admit(tuple(ok), res, now)
 
     def _refuse(self, r: Refusal, pc: PriorityClass, tscopes: tuple[Scope, ...],
                 now: float) -> Queue | Shed:
         hdrs = (("retry-after", str(max(1, math.ceil(r.retry_after_s)))),
                 ("retry-after-ms", str(math.ceil(r.retry_after_s * 1000))),
-                *self._headers(tscopes, now))
+                *rate_headers(tscopes, now))
         shed = Shed(r, hdrs)
         if pc.max_queue_ms and r.retry_after_s * 1000 <= pc.max_queue_ms:
             return Queue(now + pc.max_queue_ms / 1000, r.retry_after_s, shed)
         return shed
 
-    @staticmethod
-    def _headers(tscopes: tuple[Scope, ...], now: float) -> tuple[tuple[str, str], ...]:
-        """OpenAI-style headers from the tightest of the tenant's buckets."""
-        rpm = tpm = None
-        for sc in tscopes:
-            if sc.rpm is not None and (rpm is None or sc.rpm.level(now) / sc.rpm.capacity
-                                       < rpm.level(now) / rpm.capacity):
-                rpm = sc.rpm
-            if sc.tpm is not None and (tpm is None or sc.tpm.level(now) / sc.tpm.capacity
-                                       < tpm.level(now) / tpm.capacity):
-                tpm = sc.tpm
-        out: list[tuple[str, str]] = []
-        if rpm is not None:
-            out += [("x-ratelimit-limit-requests", str(int(rpm.limit))),
-                    ("x-ratelimit-remaining-requests", str(rpm.remaining(now))),
-                    ("x-ratelimit-reset-requests", go_duration(rpm.reset_s(now)))]
-        if tpm is not None:
-            out += [("x-ratelimit-limit-tokens", str(int(tpm.limit))),
-                    ("x-ratelimit-remaining-tokens", str(tpm.remaining(now))),
-                    ("x-ratelimit-reset-tokens", go_duration(tpm.reset_s(now)))]
-        return tuple(out)
-
     def headers(self, tenant: str, alias: str, now: float | None = None
                 ) -> tuple[tuple[str, str], ...]:
         """`x-ratelimit-*` for any answer to this tenant (e.g. errors decided before admit)."""
         now = self.clock() if now is None else now
-        return self._headers(self._tenant_scopes(tenant, alias, now), now)
+        return rate_headers(self._tenant_scopes(tenant, alias, now), now)
 
     # -- after the response -------------------------------------------------------------------
     def reconcile(self, res: Reservation, true_tokens: int, answered: Candidate | None = None,

@@ -25,29 +25,70 @@ import math
 PERIOD_S = 60.0
 
 
-class TokenBucket:
+class _Scaled:
+    """`capacity` = limit x share x factor, kept as a plain attribute (read on every request,
+    written only when a limit, a fleet share or a backpressure factor changes)."""
+
+    __slots__ = ("_factor", "_limit", "_share", "capacity")
+
+    def __init__(self, limit: float) -> None:
+        self._limit = limit
+        #: This replica's part of the fleet-wide limit (RedisStore sets it).
+        self._share = 1.0
+        #: Backpressure multiplier from the provider (1.0 = no backpressure).
+        self._factor = 1.0
+        self.capacity = limit
+
+    def _rescale(self) -> None:
+        self.capacity = self._limit * self._share * self._factor
+
+    @property
+    def limit(self) -> float:
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: float) -> None:
+        self._limit = value
+        self._rescale()
+
+    @property
+    def share(self) -> float:
+        return self._share
+
+    @share.setter
+    def share(self, value: float) -> None:
+        self._share = value
+        self._rescale()
+
+    @property
+    def factor(self) -> float:
+        return self._factor
+
+    @factor.setter
+    def factor(self, value: float) -> None:
+        if value != self._factor:
+            self._factor = value
+            self._rescale()
+
+
+class TokenBucket(_Scaled):
     """Requests or tokens per minute (`limit`), refilled continuously."""
 
-    __slots__ = ("factor", "limit", "share", "spent", "stamp", "tokens")
+    __slots__ = ("asked", "refilled", "stamp", "tokens")
 
     def __init__(self, limit: float, now: float) -> None:
-        self.limit = float(limit)
-        #: This replica's part of the fleet-wide limit (RedisStore sets it).
-        self.share = 1.0
-        #: Backpressure multiplier from the provider (1.0 = no backpressure).
-        self.factor = 1.0
-        self.tokens = self.limit
+        super().__init__(float(limit))
+        self.tokens = self.capacity
         self.stamp = now
-        #: Net units taken since the last fleet sync (RedisStore reads and resets it).
-        self.spent = 0.0
+        #: Units this bucket refilled by itself since the last fleet sync (RedisStore reads
+        #: and resets it: in a fleet, local refill is drawn from the fleet's pool).
+        self.refilled = 0.0
+        #: Units asked for (admitted or not) since the last fleet sync: this replica's demand.
+        self.asked = 0.0
 
     def __repr__(self) -> str:
         return (f"TokenBucket(limit={self.limit:g}, tokens={self.tokens:.1f}, "
                 f"share={self.share:.3f}, factor={self.factor:.3f})")
-
-    @property
-    def capacity(self) -> float:
-        return self.limit * self.share * self.factor
 
     @property
     def rate(self) -> float:
@@ -58,36 +99,40 @@ class TokenBucket:
         """Units available now (negative while in debt)."""
         dt = now - self.stamp
         if dt > 0:
+            self.stamp = now
             cap = self.capacity
             if self.tokens < cap:
-                self.tokens = min(cap, self.tokens + dt * cap / PERIOD_S)
-            self.stamp = now
+                t = self.tokens + dt * cap / PERIOD_S
+                if t > cap:
+                    t = cap
+                self.refilled += t - self.tokens
+                self.tokens = t
         return self.tokens
 
     def wait(self, n: float, now: float, floor: float = 0.0) -> float:
         """Seconds until `n` can be taken leaving `floor` x capacity; 0.0 means now."""
+        self.asked += n
         cap = self.capacity
-        need = min(n + floor * cap, cap)
+        need = n + floor * cap if floor else n
+        if need > cap:
+            need = cap
         have = self.level(now)
         if have >= need:
             return 0.0
-        rate = cap / PERIOD_S
-        return math.inf if rate <= 0 else (need - have) / rate
+        return math.inf if cap <= 0 else (need - have) * PERIOD_S / cap
 
     def take(self, n: float) -> None:
         """Take `n` (call `level`/`wait` with the current time first)."""
         self.tokens -= n
-        self.spent += n
 
     def adjust(self, delta: float, now: float) -> None:
         """Reconcile: + charges more (debt allowed), - refunds (up to capacity)."""
-        self.level(now)
-        self.tokens = min(self.capacity, self.tokens - delta)
-        self.spent += delta
+        t = self.level(now) - delta
+        self.tokens = t if t < self.capacity else self.capacity
 
     def remaining(self, now: float) -> int:
         """Remaining of the whole limit (this replica's view scaled back up), for headers."""
-        scale = self.share * self.factor
+        scale = self._share * self._factor
         have = self.level(now)
         return max(0, int(have / scale)) if scale > 0 else 0
 
@@ -95,29 +140,25 @@ class TokenBucket:
         """Seconds until the bucket is full again."""
         cap = self.capacity
         missing = cap - self.level(now)
-        return 0.0 if missing <= 0 or cap <= 0 else missing / (cap / PERIOD_S)
+        return 0.0 if missing <= 0 or cap <= 0 else missing * PERIOD_S / cap
 
 
-class Concurrency:
+class Concurrency(_Scaled):
     """In-flight requests against `limit` (max_concurrent)."""
 
-    __slots__ = ("factor", "inflight", "limit", "share")
+    __slots__ = ("asked", "inflight")
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.share = 1.0
-        self.factor = 1.0
+        super().__init__(limit)
         self.inflight = 0
+        self.asked = 0.0
 
     def __repr__(self) -> str:
         return f"Concurrency(limit={self.limit}, inflight={self.inflight}, share={self.share:.3f})"
 
-    @property
-    def capacity(self) -> float:
-        return self.limit * self.share * self.factor
-
     def free(self, floor: float = 0.0) -> bool:
         """One more may start, keeping `floor` x capacity for higher classes."""
+        self.asked += 1
         return self.inflight < self.capacity * (1.0 - floor)
 
     def acquire(self) -> None:
