@@ -7,6 +7,7 @@ in a PR fails validation instead of being silently ignored.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -79,6 +80,73 @@ class Simulate(_Strict):
     # The simulated account's own quota (429 with the provider's rate-limit headers over it).
     rpm: float | None = Field(default=None, gt=0)
     tpm: float | None = Field(default=None, gt=0)
+    #: A pool: one simulator per endpoint (must equal the number of `endpoints`).
+    replicas: int = Field(default=1, ge=1, le=64)
+    #: vLLM kind: the engine model (continuous batching, KV blocks, prefix cache) instead of
+    #: the fixed ttft_ms / tokens_per_s timing.
+    engine: EngineSettings | None = None
+
+
+class TpotSettings(_Strict):
+    """Decode step time (ms) = base + per_running_seq x running sequences."""
+
+    base: float = Field(default=12.0, ge=0)
+    per_running_seq: float = Field(default=0.25, ge=0)
+
+
+class EngineSettings(_Strict):
+    """The simulated vLLM engine of each endpoint (see sim/vllm_engine.py)."""
+
+    max_num_seqs: int = Field(default=64, ge=1, le=4096)
+    kv_blocks: int = Field(default=4096, ge=1)
+    block_size: int = Field(default=16, ge=1, le=1024)
+    prefix_cache: bool = True
+    prefill_tokens_per_s: float = Field(default=8000.0, gt=0)
+    tpot_ms: TpotSettings = TpotSettings()
+    max_batched_tokens: int = Field(default=8192, ge=1)
+
+
+class PoolScorers(_Strict):
+    """Weights of the endpoint picker's scorers (0 turns one off)."""
+
+    queue: float = Field(default=1.0, ge=0)
+    kv_cache: float = Field(default=1.0, ge=0)
+    prefix: float = Field(default=2.0, ge=0)
+
+
+class Saturation(_Strict):
+    """An endpoint over either threshold takes no new requests of `low_classes`; a pool whose
+    every endpoint is over them sends those to the model's next backend."""
+
+    max_waiting: int = Field(default=8, ge=0)
+    max_kv_usage: float = Field(default=0.9, gt=0, le=1)
+    low_classes: list[PriorityClassName] = Field(
+        default_factory=lambda: ["agent", "batch"])  # type: ignore[arg-type]
+
+
+class Pool(_Strict):
+    """Endpoint picking inside a pool of self-hosted replicas (vLLM metrics)."""
+
+    scorers: PoolScorers = PoolScorers()
+    #: How often ext_proc scrapes each endpoint's `/metrics` (off the request path).
+    metrics_interval_ms: int = Field(default=200, ge=10, le=60_000)
+    #: Metrics older than this are stale: pick by the gateway's own in-flight counts
+    #: (default: 3 scrape intervals, at least 1 s).
+    stale_after_ms: int | None = Field(default=None, ge=10)
+    saturation: Saturation = Field(default_factory=Saturation)
+    #: Bounded-load consistent hashing: an endpoint takes a prefix's requests only while its
+    #: load is at most this times the pool's mean.
+    load_factor: float = Field(default=1.25, ge=1.0, le=10.0)
+    #: Prompt characters hashed for prefix affinity (in blocks of 64; shorter prompts have
+    #: no affinity).
+    prefix_chars: int = Field(default=1024, ge=64, le=1_000_000)
+
+
+class Cost(_Strict):
+    """What one endpoint of a self-hosted pool costs (for `switchyard plan`)."""
+
+    gpu_hour_usd: float = Field(gt=0)
+    gpus_per_endpoint: int = Field(default=1, ge=1, le=64)
 
 
 class Health(_Strict):
@@ -94,9 +162,20 @@ class Health(_Strict):
     min_retry_concurrency: int = Field(default=32, ge=0)
 
 
+#: Kinds that are self-hosted servers (a pool of `endpoints` is allowed).
+SELF_HOSTED = ("vllm", "tgi")
+
+
 class Provider(_Strict):
     kind: ProviderKind
+    #: The provider's URL; for a pool, one of `endpoints` (default: the first).
     base_url: str
+    #: A pool of self-hosted replicas (vllm, tgi): `http://IP:PORT` each, same scheme and path.
+    endpoints: list[str] | None = Field(default=None, min_length=1, max_length=256)
+    #: Endpoint picking in the pool (default settings when `endpoints` is set).
+    pool: Pool | None = None
+    #: GPU cost of the pool's endpoints (`switchyard plan`).
+    cost: Cost | None = None
     #: Bearer token (openai, vllm, tgi), `x-api-key` (anthropic), `api-key` (azure_openai),
     #: `x-goog-api-key` (gemini). Not used by bedrock (SigV4) or vertex (OAuth).
     api_key: SecretRef | None = None
@@ -125,6 +204,61 @@ class Provider(_Strict):
     limits: QuotaLimits | None = None
     health: Health = Health()
     simulate: Simulate | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_url_from_endpoints(cls, data: Any) -> Any:
+        if (isinstance(data, dict) and data.get("base_url") is None
+                and isinstance(data.get("endpoints"), list) and data["endpoints"]
+                and isinstance(data["endpoints"][0], str)):
+            return {**data, "base_url": data["endpoints"][0]}
+        return data
+
+    @model_validator(mode="after")
+    def _pool(self) -> Provider:
+        if self.endpoints is None:
+            if self.pool is not None:
+                raise _RefError(("pool",), "a pool needs 'endpoints'")
+            if self.simulate is not None and self.simulate.replicas > 1:
+                raise _RefError(("simulate", "replicas"),
+                                "simulate.replicas > 1 needs one entry per replica in 'endpoints'")
+            return self
+        if self.kind not in SELF_HOSTED:
+            raise _RefError(("endpoints",), f"endpoints (a pool) are for self-hosted kinds "
+                            f"({', '.join(SELF_HOSTED)}), not {self.kind}")
+        seen: set[str] = set()
+        base = urlsplit(self.base_url)
+        for i, url in enumerate(self.endpoints):
+            parts = urlsplit(url)
+            if parts.scheme != "http" or not parts.hostname or not _is_ip(parts.hostname):
+                raise _RefError(("endpoints", i), "a pool endpoint must be http://IP:PORT (Envoy "
+                                f"picks pool hosts by address), got {url!r}")
+            if parts.path.rstrip("/") != base.path.rstrip("/") or parts.query:
+                raise _RefError(("endpoints", i), "every endpoint needs base_url's path "
+                                f"{base.path or '/'!r} and no query")
+            addr = f"{parts.hostname}:{parts.port or 80}"
+            if addr in seen:
+                raise _RefError(("endpoints", i), f"duplicate endpoint {addr}")
+            seen.add(addr)
+        if f"{base.hostname}:{base.port or 80}" not in seen:
+            raise _RefError(("base_url",), "base_url must be one of endpoints")
+        if self.simulate is not None and self.simulate.replicas not in (1, len(self.endpoints)):
+            raise _RefError(("simulate", "replicas"), f"simulate.replicas must equal the number "
+                            f"of endpoints ({len(self.endpoints)})")
+        if self.simulate is not None and self.simulate.engine is not None and self.kind != "vllm":
+            raise _RefError(("simulate", "engine"), "simulate.engine is for kind vllm")
+        return self
+
+    @property
+    def endpoint_addresses(self) -> list[tuple[str, int]]:
+        """(IP, port) of every endpoint of a pool; the base_url's host for one endpoint."""
+        if not self.endpoints:
+            return [(self.host, self.port)]
+        out = []
+        for url in self.endpoints:
+            parts = urlsplit(url)
+            out.append((parts.hostname or "", parts.port or 80))
+        return out
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Provider:
@@ -179,6 +313,14 @@ class Provider(_Strict):
         """Path before the API's own path; a trailing `/v1` is folded into the API path."""
         path = urlsplit(self.base_url).path.rstrip("/")
         return path[:-3] if path.endswith("/v1") else path
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class Price(_Strict):
@@ -512,7 +654,10 @@ def parse_config(text: str, file: str = "<config>") -> GatewayConfig:
         err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         ctx_error = (err.get("ctx") or {}).get("error")
         if isinstance(ctx_error, _RefError):
-            loc: tuple[Any, ...] = ctx_error.loc
+            # A model's own check names fields below the model (err["loc"] points at it).
+            base = tuple(p for p in err["loc"] if not (isinstance(p, str)
+                                                       and _INTERNAL_LOC.match(p)))
+            loc: tuple[Any, ...] = base + ctx_error.loc
             message = str(ctx_error)
         else:
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str)

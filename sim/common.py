@@ -35,7 +35,7 @@ BodyHandler = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
 
 MAX_RECORDS: Final = 10_000
 _JSON_HEADERS: Final = {"Content-Type": "application/json"}
-_SSE_HEADERS: Final = {
+SSE_HEADERS: Final = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
 }
@@ -90,6 +90,8 @@ class SimOptions:
     tpm: float | None = None
     # Fixed reply length in tokens; None derives it (24..48) from the prompt.
     reply_tokens: int | None = None
+    # vLLM kind: `/metrics` answers 503 (a replica whose metrics endpoint is down).
+    metrics_down: bool = False
     # How many requests /_sim/requests keeps; 0 turns recording off (long benchmarks).
     record_limit: int = MAX_RECORDS
 
@@ -198,6 +200,9 @@ class SimState:
         self.closing = False
         self.hanging = 0
         self.quota = Quota(options.rpm, options.tpm)
+        #: vLLM kind: the engine model's settings (sim.vllm_engine.EngineConfig); None: the
+        #: fixed ttft_ms / tokens_per_s timing.
+        self.engine_cfg: Any = None
         self._id_prefix = os.urandom(4).hex()
         self._ids = itertools.count(1)
 
@@ -532,7 +537,7 @@ class Provider(ABC):
         state = self.state
         if opts.first_token_ms > 0:
             await asyncio.sleep(opts.first_token_ms / 1000.0)
-        resp = web.StreamResponse(headers={**_SSE_HEADERS, **self.response_headers(),
+        resp = web.StreamResponse(headers={**SSE_HEADERS, **self.response_headers(),
                                            **self.quota_headers()})
         limit = opts.reset_after_chunks
         truncate = opts.truncate_after_chunks

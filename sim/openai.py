@@ -18,6 +18,8 @@ from aiohttp import web
 
 from sim.common import (
     INVALID_JSON,
+    SIM_BODY,
+    SSE_HEADERS,
     BodyHandler,
     Completion,
     Provider,
@@ -25,7 +27,9 @@ from sim.common import (
     SimState,
     content_text,
     count_words,
+    json_response,
 )
+from sim.vllm_engine import AsyncEngine, Seq
 
 _ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _ROLES_TEXT: Final = "'system', 'assistant', 'user', 'function', 'tool', and 'developer'"
@@ -992,8 +996,11 @@ class TGIProvider(OpenAIProvider):
 
 
 class VLLMProvider(OpenAIProvider):
-    """vLLM's OpenAI-compatible server, plus the `/metrics` gauges a scheduler scrapes to see
-    how loaded the GPU pool is (computed from the requests in flight right now)."""
+    """vLLM's OpenAI-compatible server, plus the `/metrics` a scheduler scrapes to see how loaded
+    the GPU pool is. Without an engine config the gauges come from the requests in flight and
+    timing is the fixed ttft_ms / tokens_per_s; with one (`simulate.engine`), every generation
+    goes through `sim.vllm_engine` (continuous batching, KV blocks, prefix cache) and
+    `/metrics` carries vLLM's own names, counters and histograms."""
 
     kind = "vllm"
     #: Requests that fill the simulated KV cache completely.
@@ -1002,6 +1009,8 @@ class VLLMProvider(OpenAIProvider):
     def __init__(self, state: SimState) -> None:
         super().__init__(state)
         self.in_flight = 0
+        self.engine: AsyncEngine | None = (
+            AsyncEngine(state.engine_cfg) if state.engine_cfg is not None else None)
 
     def routes(self) -> list[tuple[str, str, BodyHandler]]:
         return [*super().routes(), ("GET", "/metrics", self.metrics)]
@@ -1020,7 +1029,62 @@ class VLLMProvider(OpenAIProvider):
         finally:
             self.in_flight -= 1
 
+    @staticmethod
+    def _prompt_words(request: web.Request) -> list[str]:
+        """The prompt as the engine's tokens (words of every message, in order)."""
+        body = request.get(SIM_BODY)
+        words: list[str] = []
+        if isinstance(body, dict):
+            for msg in body.get("messages") or ():
+                if isinstance(msg, dict):
+                    words.append(f"<{msg.get('role')}>")
+                    words.extend(content_text(msg.get("content")).split())
+        return words
+
+    async def reply(self, request: web.Request, obj: Any) -> web.StreamResponse:
+        usage = obj.get("usage") if isinstance(obj, dict) else None
+        if self.engine is None or not isinstance(usage, dict) or "completion_tokens" not in usage:
+            return await super().reply(request, obj)
+        seq = await self.engine.generate(self._prompt_words(request),
+                                         int(usage["completion_tokens"]))
+        usage["prompt_tokens_details"]["cached_tokens"] = seq.cached_tokens
+        return json_response(obj, headers={**self.response_headers(), **self.quota_headers()})
+
+    async def stream(self, request: web.Request, preamble: Iterable[bytes],
+                     tokens: Iterable[bytes], epilogue: Iterable[bytes]) -> web.StreamResponse:
+        if self.engine is None:
+            return await super().stream(request, preamble, tokens, epilogue)
+        chunks = list(tokens)
+        resp = web.StreamResponse(headers={**SSE_HEADERS, **self.response_headers(),
+                                           **self.quota_headers()})
+        sent = -1  # -1: nothing sent yet; then the number of token chunks sent
+
+        async def on_token(seq: Seq) -> None:
+            nonlocal sent
+            if sent < 0:
+                await resp.prepare(request)
+                for c in preamble:
+                    await resp.write(c)
+                sent = 0
+            while sent < min(seq.generated - 1, len(chunks)):
+                await resp.write(chunks[sent])
+                sent += 1
+
+        try:
+            await self.engine.generate(self._prompt_words(request), len(chunks) + 1, on_token)
+            for c in epilogue:
+                await resp.write(c)
+            await resp.write_eof()
+        except ConnectionError:
+            pass
+        return resp
+
     async def metrics(self, request: web.Request, body: Any) -> web.StreamResponse:
+        if self.state.options.metrics_down:
+            return web.Response(status=503, text="metrics unavailable (simulated)\n")
+        if self.engine is not None:
+            return web.Response(text=self.engine.engine.prometheus(self.state.name),
+                                content_type="text/plain", charset="utf-8")
         waiting = self.state.hanging  # accepted, never scheduled
         running = max(0, self.in_flight - waiting)
         label = '{model_name="' + self.state.name.replace('"', "") + '"}'

@@ -32,14 +32,17 @@ LOOPBACK: Final = "127.0.0.1"
 
 
 def create_app(
-    kind: str, name: str, options: SimOptions, require_key: str | None = None
+    kind: str, name: str, options: SimOptions, require_key: str | None = None,
+    engine: Any = None,
 ) -> web.Application:
-    """An aiohttp app simulating provider `kind`; `require_key` turns on API-key checks."""
+    """An aiohttp app simulating provider `kind`; `require_key` turns on API-key checks;
+    `engine` (a `sim.vllm_engine.EngineConfig`) gives the vLLM kind its batching model."""
     try:
         provider_cls = PROVIDERS[kind]
     except KeyError:
         raise ValueError(f"unknown provider kind {kind!r}; known: {sorted(PROVIDERS)}") from None
     state = SimState(kind, name, options, require_key)
+    state.engine_cfg = engine
     provider = provider_cls(state)
     app = web.Application(client_max_size=64 * 1024 * 1024)  # providers take large prompts
     app[STATE_KEY] = state
@@ -53,6 +56,12 @@ def create_app(
         state.closing = True  # lets hung requests and streams end instead of stalling cleanup
 
     app.on_shutdown.append(on_shutdown)
+    engine = getattr(provider, "engine", None)
+    if engine is not None:
+        async def on_cleanup(_: web.Application) -> None:
+            await engine.close()
+
+        app.on_cleanup.append(on_cleanup)
     return app
 
 
@@ -120,13 +129,14 @@ async def start_sim(
     port: int,
     options: SimOptions,
     require_key: str | None = None,
+    engine: Any = None,
 ) -> SimRunner:
     """Start one simulated provider; `await runner.cleanup()` stops it."""
     if host not in (LOOPBACK, "localhost", "::1"):
         raise ValueError(f"the simulator binds to loopback only, not {host!r}")
     if host == "localhost" and port == 0:
         host = LOOPBACK  # "localhost" may bind v4 and v6; port 0 would give each its own port
-    app = create_app(kind, name, options, require_key=require_key)
+    app = create_app(kind, name, options, require_key=require_key, engine=engine)
     # No access log (benchmarks); short shutdown so in-flight streams don't stall cleanup.
     runner = SimRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()

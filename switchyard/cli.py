@@ -82,6 +82,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     import uvloop
 
     from sim.server import SimOptions, start_sim
+    from sim.vllm_engine import EngineConfig
 
     try:
         cfg = load_config(args.config)
@@ -94,9 +95,16 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         for name, p in sorted(cfg.providers.items()):
             if p.simulate is None:
                 continue
-            options = SimOptions(**p.simulate.model_dump())
-            runners.append(await start_sim(p.kind, name, p.host, p.port, options))
-            print(f"sim: {name} ({p.kind}) on {p.base_url}", file=sys.stderr, flush=True)
+            settings = p.simulate.model_dump(exclude={"replicas", "engine"})
+            options = SimOptions(**settings)
+            engine = (EngineConfig.from_dict(p.simulate.engine.model_dump())
+                      if p.simulate.engine is not None else None)
+            # A pool: one simulated replica (own engine, own /metrics) per endpoint.
+            for host, port in p.endpoint_addresses:
+                runners.append(await start_sim(p.kind, name, host, port, options,
+                                               engine=engine))
+                print(f"sim: {name} ({p.kind}) on http://{host}:{port}", file=sys.stderr,
+                      flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

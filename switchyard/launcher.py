@@ -152,7 +152,8 @@ class Gateway:
         if "sim" in self.procs:
             for name, p in cfg.providers.items():
                 if p.simulate is not None:
-                    checks[f"sim {name}"] = f"http://{p.host}:{p.port}/_sim/health"
+                    for host, port in p.endpoint_addresses:
+                        checks[f"sim {name} {host}:{port}"] = f"http://{host}:{port}/_sim/health"
         pending = dict(checks)
         while pending:
             for name, proc in self.procs.items():

@@ -871,7 +871,7 @@ async def test_faults_from_config_at_start() -> None:
                        "simulate: {ttft_ms: 0, error_rate: 1.0, error_status: 503}}\n")
     sim = cfg.providers["p"].simulate
     assert sim is not None
-    runner = await start_sim("openai", "p", "127.0.0.1", 0, SimOptions(**sim.model_dump()))
+    runner = await start_sim("openai", "p", "127.0.0.1", 0, SimOptions(**sim.model_dump(exclude={"replicas", "engine"})))
     try:
         async with httpx.AsyncClient() as client:
             r = await client.post(f"{runner.base_url}/v1/chat/completions", json={
