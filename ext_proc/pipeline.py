@@ -98,7 +98,7 @@ class Pipeline:
 
     async def after_wait(self, st: RequestState, w: route.Wait) -> pb.ProcessingResponse:
         fwd = w.forward
-        d = await self.gate.wait(st.tenant, st.klass, st.model, fwd.candidates, w.tokens,
+        d = await self.gate.wait(st.tenant, st.klass, fwd.model.name, fwd.candidates, w.tokens,
                                  w.deadline)
         admitted = route.admitted(fwd, d, w.tokens)
         assert not isinstance(admitted, route.Wait)

@@ -194,8 +194,9 @@ def decide(ingress: Ingress, req: Parsed, routes: Routes | None, health: Backend
 def admit(fwd: Forward, req: Parsed, caller: Caller, gate: Gate) -> Forward | Reject | Wait:
     """Admission control over the ordered candidates: the ones with headroom (spill-over
     keeps the failover order), a wait in the class's queue, or a 429 naming the limit."""
-    tokens = gate.estimate(req.alias, req.canonical)
-    d = gate.admit(caller.tenant, caller.klass, req.alias, fwd.candidates, tokens)
+    alias = fwd.model.name  # `gpt:fast` is a preset of `gpt`: its quotas are gpt's
+    tokens = gate.estimate(alias, req.canonical)
+    d = gate.admit(caller.tenant, caller.klass, alias, fwd.candidates, tokens)
     return admitted(fwd, d, tokens)
 
 
