@@ -29,6 +29,8 @@ class ProviderInfo:
     headers: tuple[tuple[str, str], ...]
     options: dict[str, str]
     tls: bool = False
+    #: A GPU pool's endpoint-picker settings as JSON ("" when not a pool).
+    pool_json: str = ""
 
     def __repr__(self) -> str:  # never print the key
         return f"ProviderInfo(name={self.name!r}, kind={self.kind!r})"
@@ -124,6 +126,7 @@ class Routes:
                 api_key=p.api_key,
                 headers=tuple(sorted(p.headers.items())),
                 options=dict(p.options),
+                pool_json=p.pool_json,
             )
             for p in table.providers
         }

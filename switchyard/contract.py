@@ -50,3 +50,9 @@ RESPONSE_ID_HEADER = "x-switchyard-request-id"
 #: Per-request tightening of the model's SLO / price cap (request headers).
 SLO_TTFT_HEADER = "x-switchyard-slo-ttft-ms"
 MAX_PRICE_HEADER = "x-switchyard-max-price"
+
+#: GPU pools (issue 10): the endpoint the route phase picked, then its fallbacks, as
+#: `IP:PORT[,IP:PORT...]` for Envoy's override_host load balancing (the Gateway API Inference
+#: Extension's header and dynamic-metadata key).
+DESTINATION_ENDPOINT_HEADER = "x-gateway-destination-endpoint"
+DESTINATION_ENDPOINT_NAMESPACE = "envoy.lb"

@@ -14,6 +14,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
+from control_plane.compile.endpoints import apply_pool
 from control_plane.compile.names import cluster_name, ext_proc_filter, hedge_cluster_name
 from control_plane.compile.quotas import max_concurrent
 from control_plane.config import Backend, GatewayConfig, Model, Provider
@@ -132,6 +133,8 @@ def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provid
     }
     if provider.tls:
         cluster["transport_socket"] = _tls_socket(provider.host)
+    if provider.endpoints:
+        apply_pool(cluster, provider)
     return cluster
 
 

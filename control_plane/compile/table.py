@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from control_plane.compile.endpoints import pool_json
 from control_plane.compile.names import cluster_name, max_retries
 from control_plane.config import (
     Backend,
@@ -26,6 +27,7 @@ def routing_table(cfg: GatewayConfig, backends: dict[str, Backend]) -> routing_p
             path_prefix=provider.path_prefix, tls=provider.tls,
             api_key=(provider.api_key.resolve() or "") if provider.api_key else "",
             headers=provider.headers, options=provider.options(),
+            pool_json=pool_json(provider),
         )
     for cname, backend in sorted(backends.items()):
         added = table.backends.add(
