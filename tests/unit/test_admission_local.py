@@ -194,7 +194,7 @@ def test_queue_decision_by_class():
     assert isinstance(adm.admit("t", "interactive", "m", [OAI], 1), Shed)
 
 
-async def test_wait_queue_is_earliest_deadline_first():
+async def test_wait_queue_is_earliest_deadline_first() -> None:
     adm = make(Clock(), tenants={"t": {"limits": {"rpm": 600}}})  # 10 per second
     adm.clock = time.monotonic
     for _ in range(600):
