@@ -54,7 +54,13 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     st = p.new_request()
                     yield p.request_headers(st, req.request_headers)
                 elif st is None:
-                    yield envoy.EMPTY
+                    if kind != "response_headers":
+                        yield envoy.EMPTY
+                        continue
+                    # Envoy's own reply to a request it never passed on (HTTP/1.0, headers
+                    # too large, a malformed request): answer it, as a JSON error object.
+                    st = p.new_request()
+                    yield p.response(st, req)
                 elif kind == "request_body":
                     reply = p.request_body(st, req.request_body.body)
                     if isinstance(reply, Wait):  # queued for headroom

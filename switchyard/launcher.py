@@ -129,7 +129,9 @@ class Gateway:
                                               ext_proc_socket=socket))
         self._spawn("envoy", [
             envoy_binary(), "-c", str(bootstrap), "--concurrency", str(cfg.envoy_concurrency),
-            "--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "5"])
+            "--disable-hot-restart", "--drain-time-s", "5",
+            # SWITCHYARD_ENVOY_LOG=debug: Envoy's own debug log (envoy.log), for debugging.
+            "--log-level", os.environ.get("SWITCHYARD_ENVOY_LOG", "warn")])
 
     def _get(self, url: str) -> int:
         try:

@@ -260,3 +260,4 @@ def test_output_format_reaches_a_non_anthropic_backend(pipe: Pipeline) -> None:
     sent = httpx.get(sim).json()[-1]["body"]
     assert sent["response_format"] == {"type": "json_schema",
                                        "json_schema": {"name": "output", "schema": schema}}
+
