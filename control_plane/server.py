@@ -29,6 +29,7 @@ from control_plane.config import ConfigError, load_config
 from control_plane.routing import RoutingService, RoutingTableStore
 from control_plane.xds import AdsServer, SnapshotStore
 from protos import routing_pb2_grpc
+from switchyard.helpfmt import HelpFormatter
 from switchyard.logs import configure_logging
 
 log = structlog.get_logger("switchyard.control_plane")
@@ -139,13 +140,25 @@ async def serve(config_path: Path, address: str, port: int) -> None:
     await server.stop(grace=1)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchyard control-plane",
+        description="Watch a config, compile it and serve it over ADS (Envoy) and the "
+                    "RoutingTable stream (ext_proc) to every node that connects.",
+        formatter_class=HelpFormatter)
+    parser.add_argument("--config", required=True, type=Path,
+                        help="gateway config file (hot-reloaded when it changes)")
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="address of the gRPC (ADS + RoutingTable) listener; nodes on other "
+                             "hosts need a reachable one, e.g. 0.0.0.0")
+    parser.add_argument("--port", type=int, default=18000, help="gRPC port nodes connect to")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"), help="log level")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="switchyard control-plane")
-    parser.add_argument("--config", required=True, type=Path)
-    parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=18000)
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     import uvloop
 

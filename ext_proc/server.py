@@ -30,6 +30,7 @@ from ext_proc.select import Selector
 from ext_proc.state import RequestState
 from ext_proc.stats import BackendHealth
 from ext_proc.table import Routes, RoutingClient
+from switchyard.helpfmt import HelpFormatter
 from switchyard.logs import configure_logging
 
 syslog = structlog.get_logger("switchyard.ext_proc")
@@ -112,8 +113,9 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
     await http.cleanup()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="switchyard ext-proc")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchyard ext-proc",
+                                     formatter_class=HelpFormatter)
     for flag, default, help_ in (
         ("--address", "127.0.0.1", "address of the gRPC and metrics listeners"),
         ("--port", 18081, "gRPC port Envoy connects to (0: any free port)"),
@@ -124,9 +126,13 @@ def main(argv: list[str] | None = None) -> None:
         ("--envoy-admin", None, "local Envoy admin URL, for outlier/circuit-breaker state"),
         ("--log-level", "info", "debug, info, warning or error"),
     ):
-        parser.add_argument(flag, default=default, help=f"{help_} (default: {default})",
+        parser.add_argument(flag, default=default, help=help_,
                             type=type(default) if default is not None else str)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
     uvloop.run(serve(args.address, args.port, args.control_plane, args.metrics_port,
                      args.node_id, args.envoy_admin, args.unix_socket))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from control_plane.config import ConfigError, default_config_path, load_config
+from switchyard.helpfmt import HelpFormatter
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -75,6 +76,8 @@ Edit the config file to add models (hot-reloaded). Ctrl-C stops everything.
         return 1
     finally:
         gateway.stop()
+        print("Switchyard stopped: Envoy, ext_proc, control plane and simulator have exited.",
+              file=sys.stderr, flush=True)
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
@@ -123,32 +126,63 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def version() -> str:
+    """The installed package's version (the source tree's when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("switchyard")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+_FORMAT = HelpFormatter
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="switchyard", description=__doc__)
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser = argparse.ArgumentParser(prog="switchyard", description=__doc__,
+                                     formatter_class=_FORMAT)
+    parser.add_argument("--version", action="version", version=f"switchyard {version()}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     default = default_config_path()
 
-    up = sub.add_parser("up", help="start the whole gateway (Envoy, control plane, ext_proc, sim)")
-    up.add_argument("--config", type=Path, default=default)
-    up.add_argument("--log-level", default="info")
-    up.add_argument("--ready-timeout", type=float, default=60.0)
+    up = sub.add_parser("up", help="start the whole gateway (Envoy, control plane, ext_proc, sim)",
+                        description="Start the control plane, one node (ext_proc + Envoy) and "
+                                    "the simulator on this machine; Ctrl-C stops them all.",
+                        formatter_class=_FORMAT)
+    up.add_argument("--config", type=Path, default=default,
+                    help="gateway config file (hot-reloaded when it changes)")
+    up.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                    help="log level of every child process")
+    up.add_argument("--ready-timeout", type=float, default=60.0,
+                    help="seconds to wait for the gateway to answer before giving up")
     up.set_defaults(func=_cmd_up)
 
-    val = sub.add_parser("validate", help="validate a config and print the compiled routes")
-    val.add_argument("config", type=Path, nargs="?", default=default)
+    val = sub.add_parser("validate", help="validate a config and print the compiled routes",
+                         description="Validate a config (exit 0 and print the compiled "
+                                     "routes, or exit 1 naming file:line and field).",
+                         formatter_class=_FORMAT)
+    val.add_argument("config", type=Path, nargs="?", default=default,
+                     help="config file to validate")
     val.set_defaults(func=_cmd_validate)
 
-    sim = sub.add_parser("sim", help="run the provider simulator for `simulate:` providers")
-    sim.add_argument("--config", type=Path, default=default)
+    sim = sub.add_parser("sim", help="run the provider simulator for `simulate:` providers",
+                         formatter_class=_FORMAT)
+    sim.add_argument("--config", type=Path, default=default,
+                     help="config whose `simulate:` providers to serve")
     sim.set_defaults(func=_cmd_sim)
 
     from switchyard.replay.cli import add_parser as add_replay_parser
 
     add_replay_parser(sub).set_defaults(func=_cmd_replay)
 
-    cp = sub.add_parser("control-plane", help="run only the control plane", add_help=False)
+    cp = sub.add_parser("control-plane", help="run only the control plane (a fleet's hub); "
+                        "--help for its options", add_help=False)
     cp.set_defaults(func=None, module="control_plane.server")
-    ep = sub.add_parser("ext-proc", help="run only the ext_proc server", add_help=False)
+    ep = sub.add_parser("ext-proc", help="run only the ext_proc server; --help for its options",
+                        add_help=False)
     ep.set_defaults(func=None, module="ext_proc.server")
 
     args, rest = parser.parse_known_args(argv)

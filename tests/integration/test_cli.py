@@ -69,6 +69,8 @@ def test_up_serves_then_stops_every_child(tmp_path: Path, sig: signal.Signals) -
         while any(_alive(p) for p in children) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [p for p in children if _alive(p)], "orphaned child processes"
+        log.flush()
+        assert "Switchyard stopped" in (tmp_path / "up.log").read_text().splitlines()[-1]
     finally:
         if proc.poll() is None:
             proc.kill()
