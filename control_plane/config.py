@@ -140,6 +140,8 @@ class Pool(_Strict):
     #: Prompt characters hashed for prefix affinity (in blocks of 64; shorter prompts have
     #: no affinity).
     prefix_chars: int = Field(default=1024, ge=64, le=1_000_000)
+    #: `score` (queue, KV, prefix affinity) or `round_robin` (a baseline for comparisons).
+    picker: Literal["score", "round_robin"] = "score"
 
 
 class Cost(_Strict):
@@ -406,9 +408,10 @@ class SharedState(_Strict):
 
 #: A task category of the request classifier (per-category quality priors).
 TaskCategory = Literal["tools", "long_context", "code", "reasoning", "chat"]
-#: Capabilities a provider kind lacks unless a backend's `capabilities:` says otherwise
-#: (every kind translates tools, images and JSON schema; a model may still lack them).
-KIND_LACKS: dict[str, frozenset[str]] = {"tgi": frozenset({"images"})}
+#: Capabilities a provider kind lacks unless a backend's `capabilities:` says otherwise.
+#: Every kind translates tools, images and JSON schema (TGI's Messages API takes image_url
+#: for vision models); whether the model behind a backend can use them is said per backend.
+KIND_LACKS: dict[str, frozenset[str]] = {}
 
 
 class Capabilities(_Strict):
@@ -523,6 +526,28 @@ class ExtProcSettings(_Strict):
     unix_socket: bool = True
 
 
+class ControlPlaneSettings(_Strict):
+    #: gRPC (ADS + RoutingTable) listener every node connects to.
+    address: str = "127.0.0.1"
+    port: int = Field(default=18000, ge=0, le=65535)
+    #: The status page and fleet API (`/`, `/api/fleet`): loopback by default; port 0: off.
+    status_address: str = "127.0.0.1"
+    status_port: int = Field(default=18001, ge=0, le=65535)
+
+
+class LedgerSettings(_Strict):
+    """The usage ledger: one JSON line per request, in rotating files (docs/usage-ledger.md)."""
+
+    enabled: bool = True
+    #: Directory of the ledger files (relative: to the config file's directory). Default: the
+    #: gateway's log directory + `/usage`, else `$XDG_STATE_HOME/switchyard/usage`.
+    dir: str | None = None
+    #: Longest a record waits in memory before it is written.
+    flush_interval_ms: int = Field(default=1000, ge=10, le=60_000)
+    #: A new file is started past this size (and every hour).
+    max_file_mb: float = Field(default=64.0, gt=0)
+
+
 class Limits(_Strict):
     #: Larger request bodies get 413 from Envoy before any Python sees them.
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
@@ -533,7 +558,7 @@ class Limits(_Strict):
 class GatewayConfig(_Strict):
     listen: Address = Address(port=8080)
     admin: Address = Address(port=9901)
-    control_plane: Address = Address(port=18000)
+    control_plane: ControlPlaneSettings = ControlPlaneSettings()
     ext_proc: ExtProcSettings = ExtProcSettings()
     limits: Limits = Limits()
     #: Envoy worker threads (`--concurrency`).
@@ -545,6 +570,7 @@ class GatewayConfig(_Strict):
     priorities: dict[PriorityClassName, PrioritySettings] = Field(default_factory=dict)
     #: Absent: limits and statistics are per process.
     shared_state: SharedState | None = None
+    ledger: LedgerSettings = LedgerSettings()
 
     @model_validator(mode="after")
     def _tenant_models(self) -> GatewayConfig:

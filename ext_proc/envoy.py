@@ -21,6 +21,7 @@ from ext_proc.route import Forward, Reject
 from ext_proc.table import BackendInfo
 from switchyard.contract import (
     ANSWERED_BY_HEADER,
+    DESTINATION_ENDPOINT_HEADER,
     FIRST_BACKEND_KEY,
     FIRST_PROVIDER_KEY,
     HEDGE_PREFIX,
@@ -40,6 +41,7 @@ CONTINUE_REQUEST_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersRespo
 CONTINUE_RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
 CONTINUE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
 EMPTY = pb.ProcessingResponse()
+_NO_ENDPOINT = (DESTINATION_ENDPOINT_HEADER,)
 _MODES = {
     BodyMode.NONE: processing_mode_pb2.ProcessingMode(
         response_body_mode=processing_mode_pb2.ProcessingMode.NONE),
@@ -91,21 +93,23 @@ def request_line(msg: pb.HttpHeaders) -> tuple[str, list[str], dict[str, str]]:
     return path, internal, wanted
 
 
-def attempt_target(req: pb.ProcessingRequest) -> tuple[str, str]:
-    """(request id, backend cluster) of a translate-phase attempt.
+def attempt_target(req: pb.ProcessingRequest) -> tuple[str, str, list[str]]:
+    """(request id, backend cluster, names of the request's headers) of a translate-phase
+    attempt.
 
     A hedged model's attempts go to its priority cluster; the backend is named by the picked
     endpoint's metadata, which Envoy sends as protobuf text format."""
     attrs = req.attributes.get(ATTR_NS)
     cluster = attrs.fields["xds.cluster_name"].string_value if attrs else ""
     rid = ""
+    names = []
     for h in req.request_headers.headers.headers:
+        names.append(h.key)
         if h.key == REQUEST_ID_HEADER:
             rid = (h.raw_value or h.value.encode()).decode()
-            break
     if cluster.startswith(HEDGE_PREFIX) and attrs is not None:
         cluster = host_backend(attrs.fields["xds.upstream_host_metadata"].string_value)
-    return rid, cluster
+    return rid, cluster, names
 
 
 def host_backend(text: str) -> str:
@@ -189,9 +193,12 @@ class OrderMetadata:
         return cached
 
 
-def forward(f: Forward, alias: str, rid: str, order: OrderMetadata) -> pb.ProcessingResponse:
+def forward(f: Forward, alias: str, rid: str, order: OrderMetadata,
+            endpoint: str | None = None) -> pb.ProcessingResponse:
     """The body reply that routes the request: model + request id headers, Envoy's retry
-    budget and per-try timeout, the candidate order, and `clear_route_cache`."""
+    budget and per-try timeout, the candidate order, and `clear_route_cache`; for a GPU pool,
+    the picked endpoint and its fallbacks (`IP:PORT,...`) for override_host load balancing
+    (a client's own copy of that header is always replaced or removed)."""
     return pb.ProcessingResponse(
         request_body=pb.BodyResponse(
             response=pb.CommonResponse(
@@ -202,7 +209,10 @@ def forward(f: Forward, alias: str, rid: str, order: OrderMetadata) -> pb.Proces
                         hv("x-envoy-max-retries", str(f.max_retries).encode()),
                         hv("x-envoy-upstream-rq-per-try-timeout-ms",
                            str(f.try_timeout_ms).encode()),
-                    ]
+                        *((hv(DESTINATION_ENDPOINT_HEADER, endpoint.encode()),)
+                          if endpoint else ()),
+                    ],
+                    remove_headers=() if endpoint else _NO_ENDPOINT,
                 ),
                 clear_route_cache=True,
             )

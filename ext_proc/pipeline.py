@@ -17,24 +17,30 @@ from ext_proc import attempt, envoy, respond, route
 from ext_proc.admission.gate import Gate, unauthenticated
 from ext_proc.ingress import INGRESS
 from ext_proc.select import Selector
+from ext_proc.select.pool_route import pick_endpoint, steer
 from ext_proc.state import RequestState
 from ext_proc.stats import BackendHealth
-from ext_proc.table import RoutingClient
+from ext_proc.stats.pool_metrics import Pools
+from ext_proc.table import Routes, RoutingClient
 from ext_proc.usage import NO_USAGE, UsageRecord, account
 from switchyard.contract import CHAT_PATH, FEEDBACK_PATH
 
 
 class Pipeline:
     def __init__(self, routing: RoutingClient, health: BackendHealth | None = None,
-                 gate: Gate | None = None, selector: Selector | None = None) -> None:
+                 gate: Gate | None = None, selector: Selector | None = None,
+                 pools: Pools | None = None) -> None:
         self.routing = routing
         self.health = health or BackendHealth()
         self.gate = gate or Gate()
         #: Live selection's state: statistics, quality posteriors, served response ids.
         self.selector = selector or Selector(self.health)
+        #: GPU pools: endpoint pickers and their metrics scrapers (issue 10).
+        self.pools = pools or Pools()
+        self._pool_version = ""
+        self._pool_of: dict[str, str] = {}  # backend cluster -> pool (provider) name
         self.inflight: dict[str, RequestState] = {}
         self._order = envoy.OrderMetadata()
-        self._strip = attempt.StripList()
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
 
@@ -44,6 +50,7 @@ class Pipeline:
     def ended(self, st: RequestState) -> None:
         """The route-phase stream closed, however it ended: account what was not yet."""
         self.inflight.pop(st.rid, None)
+        self.pools.release(st.rid)
         if not st.logged and st.model:
             self._account(st, respond.finish(st, outcome=respond.interrupted(st)))
         elif st.reservation is not None and not st.reservation.released:
@@ -91,6 +98,11 @@ class Pipeline:
             return self._reject(st, decision)
         st.body = parsed.canonical
         st.raw = parsed.raw
+        if self._sync_pools(routes):
+            steered = steer(decision, self._pool_of, self.pools, st.klass)
+            if isinstance(steered, route.Reject):
+                return self._reject(st, steered)
+            decision = steered
         admitted = route.admit(decision, parsed, route.Caller(st.tenant, st.klass), self.gate)
         if isinstance(admitted, route.Wait):
             return admitted
@@ -115,7 +127,22 @@ class Pipeline:
         st.rate_headers = fwd.rate_headers
         self.inflight[st.rid] = st
         # The model route is the base alias's (`gpt:fast` is routed as `gpt`).
-        return envoy.forward(fwd, fwd.model.name, st.rid, self._order)
+        endpoint = None
+        if self._pool_of:
+            endpoint = pick_endpoint(fwd, st, self._pool_of, self.pools)
+        return envoy.forward(fwd, fwd.model.name, st.rid, self._order, endpoint)
+
+    def _sync_pools(self, routes: Routes | None) -> bool:
+        """Keep the pool pickers in step with the table; True when a model uses a pool."""
+        if routes is None:
+            return False
+        if routes.version != self._pool_version:
+            self._pool_version = routes.version
+            self._pool_of = {c: b.provider.name for c, b in routes.clusters.items()
+                             if b.provider.pool_json}
+            self.pools.sync(routes.version, {b.provider.name: b.provider.pool_json
+                                             for b in routes.clusters.values()})
+        return bool(self._pool_of)
 
     def _account(self, st: RequestState, record: UsageRecord) -> None:
         """A finished request: admission's reconcile, then metrics and the log line."""
@@ -167,14 +194,14 @@ class Pipeline:
                                rest: AsyncIterator[pb.ProcessingRequest]
                                ) -> AsyncIterator[pb.ProcessingResponse]:
         """One attempt: rewrite the request, then watch its response status for health."""
-        rid, cluster = envoy.attempt_target(req)
+        rid, cluster, present = envoy.attempt_target(req)
         st, routes = self.inflight.get(rid), self.routing.routes
         backend, problem = attempt.resolve(st, cluster, routes)
         if st is None or backend is None:
             assert problem is not None
             yield envoy.reject(st.ingress if st else INGRESS[CHAT_PATH], problem)
             return
-        built = attempt.prepare(st, backend, self._strip.of(routes))
+        built = attempt.prepare(st, backend, present)
         if isinstance(built, route.Reject):
             yield envoy.reject(st.ingress, built)  # logged by the route phase's response path
             return

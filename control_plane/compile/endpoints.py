@@ -68,6 +68,7 @@ def pool_json(provider: Provider) -> str:
         "saturation": pool.saturation.model_dump(),
         "load_factor": pool.load_factor,
         "prefix_chars": pool.prefix_chars,
+        "picker": pool.picker,
         "path_prefix": provider.path_prefix,
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,298 @@
+"""Endpoint picking inside a GPU pool, as plain data (no I/O: the scraper in
+`ext_proc.stats.pool_metrics` feeds it).
+
+Each endpoint's load is its last scrape (`vllm:num_requests_waiting` + `running`) plus the
+gateway's own requests sent there since that scrape, so a burst between two scrapes does not
+all land on the replica that looked idle. Metrics older than `stale_after_ms` are not trusted:
+that endpoint's load is the gateway's own in-flight count (fail open: never a pool-wide 503
+because a scrape is late).
+
+Score = queue x (1 - normalised load) + kv_cache x (1 - KV use) + prefix x [the endpoint the
+prompt's prefix maps to]. The prefix endpoint comes from consistent hashing with bounded load
+(Mirrokni et al. 2018) over a hash of the prompt's leading blocks: every gateway replica maps
+the same prefix to the same endpoint without shared state, and an endpoint over
+`load_factor` x the pool's mean load passes the prefix on to the next one on the ring.
+
+Saturation: an endpoint whose waiting queue or KV use is over the thresholds takes no new
+request of a low class (`saturation.low_classes`); a pool whose every endpoint is saturated
+refuses them (they spill to the model's next backend), while higher classes keep its headroom.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Prompt characters per hashed block for prefix affinity (about 16 tokens).
+BLOCK_CHARS = 64
+#: Virtual nodes per endpoint on the hash ring.
+VNODES = 64
+#: Bounded load allows this many requests over the cap (small pools at low load would
+#: otherwise break affinity for a single request in flight).
+LOAD_SLACK = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    endpoints: tuple[str, ...]
+    w_queue: float = 1.0
+    w_kv: float = 1.0
+    w_prefix: float = 2.0
+    metrics_interval_s: float = 0.2
+    stale_after_s: float = 1.0
+    max_waiting: int = 8
+    max_kv_usage: float = 0.9
+    low_classes: frozenset[str] = frozenset({"agent", "batch"})
+    load_factor: float = 1.25
+    prefix_chars: int = 1024
+    picker: str = "score"
+
+    @classmethod
+    def from_json(cls, text: str) -> PoolSettings:
+        d: dict[str, Any] = json.loads(text)
+        sc = d.get("scorers", {})
+        sat = d.get("saturation", {})
+        return cls(
+            endpoints=tuple(d["endpoints"]),
+            w_queue=float(sc.get("queue", 1.0)), w_kv=float(sc.get("kv_cache", 1.0)),
+            w_prefix=float(sc.get("prefix", 2.0)),
+            metrics_interval_s=d.get("metrics_interval_ms", 200) / 1000.0,
+            stale_after_s=d.get("stale_after_ms", 1000) / 1000.0,
+            max_waiting=int(sat.get("max_waiting", 8)),
+            max_kv_usage=float(sat.get("max_kv_usage", 0.9)),
+            low_classes=frozenset(sat.get("low_classes", ("agent", "batch"))),
+            load_factor=float(d.get("load_factor", 1.25)),
+            prefix_chars=int(d.get("prefix_chars", 1024)),
+            picker=str(d.get("picker", "score")))
+
+
+@dataclass(slots=True)
+class EndpointState:
+    address: str
+    waiting: float = 0.0
+    running: float = 0.0
+    kv_usage: float = 0.0
+    prefix_hits: float = 0.0
+    prefix_queries: float = 0.0
+    #: Monotonic time of the last good scrape (None: never).
+    scraped_at: float | None = None
+    #: The gateway's own requests there now, and at the last scrape.
+    inflight: int = 0
+    inflight_at_scrape: int = 0
+    picks: int = 0
+
+    def fresh(self, now: float, stale_after: float) -> bool:
+        return self.scraped_at is not None and now - self.scraped_at <= stale_after
+
+    def load(self, now: float, stale_after: float) -> float:
+        """Requests at the endpoint: the scrape plus what we sent since; own in-flight when
+        the scrape is stale."""
+        if not self.fresh(now, stale_after):
+            return float(self.inflight)
+        return max(0.0, self.waiting + self.running + self.inflight - self.inflight_at_scrape)
+
+    def saturated(self, now: float, s: PoolSettings) -> bool:
+        """Over a threshold by fresh metrics (stale metrics never saturate: fail open)."""
+        return self.fresh(now, s.stale_after_s) and (
+            self.waiting > s.max_waiting or self.kv_usage > s.max_kv_usage)
+
+    def observe(self, metrics: Mapping[str, float], now: float) -> None:
+        self.waiting = metrics.get("vllm:num_requests_waiting", 0.0)
+        self.running = metrics.get("vllm:num_requests_running", 0.0)
+        kv = metrics.get("vllm:kv_cache_usage_perc")
+        if kv is None:  # older vLLM builds
+            kv = metrics.get("vllm:gpu_cache_usage_perc", 0.0)
+        self.kv_usage = kv
+        self.prefix_hits = metrics.get("vllm:prefix_cache_hits_total", self.prefix_hits)
+        self.prefix_queries = metrics.get("vllm:prefix_cache_queries_total",
+                                          self.prefix_queries)
+        self.scraped_at = now
+        self.inflight_at_scrape = self.inflight
+
+
+def _h64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class Ring:
+    """A consistent-hash ring of endpoint addresses (VNODES points each)."""
+
+    def __init__(self, endpoints: Sequence[str]) -> None:
+        points = sorted((_h64(f"{ep}#{v}".encode()), i)
+                        for i, ep in enumerate(endpoints) for v in range(VNODES))
+        self._keys = [k for k, _ in points]
+        self._owners = [i for _, i in points]
+        self.n = len(endpoints)
+
+    def walk(self, key: int) -> list[int]:
+        """Endpoint indexes in ring order from `key`, each once."""
+        start = bisect.bisect_left(self._keys, key)
+        seen: list[int] = []
+        m = len(self._keys)
+        for j in range(m):
+            owner = self._owners[(start + j) % m]
+            if owner not in seen:
+                seen.append(owner)
+                if len(seen) == self.n:
+                    break
+        return seen
+
+
+def bounded_choice(ring: Ring, key: int, loads: Sequence[float], factor: float,
+                   allowed: Sequence[bool] | None = None) -> int | None:
+    """Consistent hashing with bounded load: the first endpoint on the ring from `key` whose
+    load after this request stays within ceil(factor x mean) (+ LOAD_SLACK)."""
+    n = len(loads)
+    cap = math.ceil(factor * (sum(loads) + 1) / n) + LOAD_SLACK
+    first = None
+    for i in ring.walk(key):
+        if allowed is not None and not allowed[i]:
+            continue
+        if first is None:
+            first = i
+        if loads[i] + 1 <= cap:
+            return i
+    return first
+
+
+def prefix_key(messages: Iterable[Mapping[str, Any]], prefix_chars: int) -> int | None:
+    """Hash of the prompt's leading whole blocks (up to `prefix_chars`), in message order;
+    None when the prompt is shorter than one block (no affinity to keep)."""
+    parts: list[str] = []
+    size = 0
+    for msg in messages:
+        content = msg.get("content")
+        if isinstance(content, list):
+            text = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        else:
+            text = content if isinstance(content, str) else ""
+        piece = f"<{msg.get('role', '')}>{text}"
+        parts.append(piece)
+        size += len(piece)
+        if size >= prefix_chars:
+            break
+    prompt = "".join(parts)[:prefix_chars]
+    whole = len(prompt) // BLOCK_CHARS * BLOCK_CHARS
+    if whole == 0:
+        return None
+    return _h64(prompt[:whole].encode("utf-8", "surrogatepass"))
+
+
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """The endpoint for a request, then its fallbacks (Envoy's override_host order)."""
+
+    endpoints: tuple[str, ...]
+    #: Why: "score", "prefix", "round_robin" or "fail_open" (every endpoint's metrics stale).
+    reason: str
+
+    @property
+    def header(self) -> str:
+        return ",".join(self.endpoints)
+
+
+@dataclass(slots=True)
+class PoolPicker:
+    """One pool's endpoint states and picking (plain data; single-threaded use)."""
+
+    name: str
+    settings: PoolSettings
+    endpoints: list[EndpointState] = field(default_factory=list)
+    ring: Ring | None = None
+    _rr: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            self.endpoints = [EndpointState(a) for a in self.settings.endpoints]
+        self.ring = Ring(self.settings.endpoints)
+
+    def all_stale(self, now: float) -> bool:
+        return not any(e.fresh(now, self.settings.stale_after_s) for e in self.endpoints)
+
+    def saturated(self, klass: str, now: float) -> bool:
+        """True when a request of `klass` may not use this pool now."""
+        s = self.settings
+        return klass in s.low_classes and all(e.saturated(now, s) for e in self.endpoints)
+
+    def pick(self, key: int | None, klass: str, now: float, fallbacks: int = 2) -> Pick:
+        s = self.settings
+        eps = self.endpoints
+        n = len(eps)
+        allowed = [not (klass in s.low_classes and e.saturated(now, s)) for e in eps]
+        if not any(allowed):
+            allowed = [True] * n
+        if s.picker == "round_robin":
+            self._rr += 1
+            order = [(self._rr + j) % n for j in range(n)]
+            return self._take(order, fallbacks, "round_robin")
+        stale = s.stale_after_s
+        loads = [e.load(now, stale) for e in eps]
+        fresh_kv = [e.kv_usage for e in eps if e.fresh(now, stale)]
+        mean_kv = sum(fresh_kv) / len(fresh_kv) if fresh_kv else 0.0
+        lo, hi = min(loads), max(loads)
+        target = None
+        if key is not None and s.w_prefix > 0:
+            assert self.ring is not None
+            target = bounded_choice(self.ring, key, loads, s.load_factor, allowed)
+        scores = []
+        for i, e in enumerate(eps):
+            if not allowed[i]:
+                continue
+            q = 1.0 - (loads[i] - lo) / (hi - lo) if hi > lo else 1.0
+            kv = e.kv_usage if e.fresh(now, stale) else mean_kv
+            score = s.w_queue * q + s.w_kv * (1.0 - kv) + (s.w_prefix if i == target else 0.0)
+            # Ties: less loaded, then a fixed per-request order (the prefix's ring order).
+            tie = _h64(f"{key}:{e.address}".encode()) if key is not None else i
+            scores.append((-score, loads[i], tie, i))
+        scores.sort()
+        reason = "fail_open" if self.all_stale(now) else (
+            "prefix" if target is not None and scores[0][3] == target else "score")
+        return self._take([i for *_, i in scores], fallbacks, reason)
+
+    def _take(self, order: list[int], fallbacks: int, reason: str) -> Pick:
+        chosen = order[: 1 + fallbacks]
+        ep = self.endpoints[chosen[0]]
+        ep.inflight += 1
+        ep.picks += 1
+        return Pick(tuple(self.endpoints[i].address for i in chosen), reason)
+
+    def release(self, address: str) -> None:
+        for e in self.endpoints:
+            if e.address == address:
+                e.inflight = max(0, e.inflight - 1)
+                return
+
+    def desired_replicas(self, now: float, target: float = 0.7) -> int:
+        """Replicas that would run this pool at `target` utilisation now: the mean busy
+        fraction (KV use, or 1 for an endpoint with a queue) scaled to the pool size."""
+        s = self.settings
+        fresh = [e for e in self.endpoints if e.fresh(now, s.stale_after_s)]
+        if not fresh:
+            return len(self.endpoints)
+        busy = sum(1.0 if e.waiting > 0 else e.kv_usage for e in fresh) / len(fresh)
+        return max(1, math.ceil(len(self.endpoints) * busy / target))
+
+
+def parse_prometheus(text: str, wanted: Iterable[str] | None = None) -> dict[str, float]:
+    """Sum of each `vllm:*` sample (labels ignored) in Prometheus text format."""
+    want = set(wanted) if wanted is not None else None
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        brace = line.find("{")
+        space = line.rfind(" ")
+        name = line[:brace] if brace >= 0 else line[:space]
+        if want is not None and name not in want:
+            continue
+        try:
+            value = float(line[space + 1:])
+        except ValueError:
+            continue
+        out[name] = out.get(name, 0.0) + value
+    return out
