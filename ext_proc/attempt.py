@@ -18,24 +18,15 @@ from ext_proc.stats import BackendHealth
 from ext_proc.table import BackendInfo, Routes
 from ext_proc.translate.canonical import TranslationError
 from ext_proc.usage import metrics
-from switchyard.contract import MODEL_HEADER
+from switchyard.contract import REQUEST_ID_HEADER
 
-#: Headers no provider may receive from the client or from an earlier attempt. Upstream
-#: filters share one header map across a request's attempts, so each attempt removes every
-#: credential/provider header any provider could have set before setting its own.
-STRIP_UPSTREAM = (
-    "authorization",
-    "x-api-key",
-    "api-key",
-    "anthropic-version",
-    "x-goog-api-key",
-    "x-amz-date",
-    "x-amz-security-token",
-    "x-amz-content-sha256",
-    "accept",
-    "cookie",
-    MODEL_HEADER,
-)
+#: The only request headers a provider receives besides what the attempt sets itself (path,
+#: authority, content-length, the provider's content type, credentials, version and static
+#: headers): the gateway's opaque request id, which later attempts of the request need.
+#: Everything else a client sent (user-agent, cookies, x-forwarded-for, its own keys, any
+#: x-*) and Envoy's x-envoy-* headers is removed. Attempts of one request share one header
+#: map, so this also removes an earlier attempt's provider headers before setting this one's.
+UPSTREAM_ALLOWED = frozenset({REQUEST_ID_HEADER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,17 +40,11 @@ class Upstream:
     remove_headers: tuple[str, ...]
 
 
-class StripList:
-    """Headers each attempt removes: `STRIP_UPSTREAM` plus every provider's static headers,
-    built once per routing table (not per attempt)."""
-
-    def __init__(self) -> None:
-        self._for: tuple[Routes | None, tuple[str, ...]] = (None, STRIP_UPSTREAM)
-
-    def of(self, routes: Routes) -> tuple[str, ...]:
-        if self._for[0] is not routes:
-            self._for = (routes, (*STRIP_UPSTREAM, *routes.static_header_names))
-        return self._for[1]
+def removed_headers(present: list[str], setting: set[str]) -> tuple[str, ...]:
+    """Of the headers the attempt's request carries, those the provider must not see (the
+    ones this attempt sets are overwritten instead: a removal would win over the set)."""
+    return tuple(n for n in present
+                 if n[0] != ":" and n not in UPSTREAM_ALLOWED and n not in setting)
 
 
 def resolve(st: RequestState | None, cluster: str, routes: Routes
@@ -77,7 +62,7 @@ def resolve(st: RequestState | None, cluster: str, routes: Routes
     return backend, None
 
 
-def prepare(st: RequestState, backend: BackendInfo, strip: tuple[str, ...]
+def prepare(st: RequestState, backend: BackendInfo, present: list[str]
             ) -> Upstream | Reject:
     """Record the attempt and build (or reuse) its upstream request."""
     st.attempts.append(Attempt(len(st.attempts) + 1, backend))
@@ -100,12 +85,13 @@ def prepare(st: RequestState, backend: BackendInfo, strip: tuple[str, ...]
         st.built[backend.cluster] = built
     path, body, headers = built
     provider = backend.provider
+    setting = (*headers, *((k.lower(), v.encode()) for k, v in provider.headers))
     return Upstream(
         path=path,
         authority=provider.authority,
         body=body,
-        set_headers=(*headers, *((k, v.encode()) for k, v in provider.headers)),
-        remove_headers=strip,
+        set_headers=setting,
+        remove_headers=removed_headers(present, {"content-length", *(k for k, _ in setting)}),
     )
 
 

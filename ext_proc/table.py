@@ -107,9 +107,6 @@ class Routes:
     version: str
     models: dict[str, ModelInfo]
     clusters: dict[str, BackendInfo]
-    #: Every provider's static header names: an attempt removes them all before setting its
-    #: own provider's (earlier attempts' headers would otherwise leak into it).
-    static_header_names: tuple[str, ...] = ()
     #: Tenants (key digests), quotas, priorities, Redis URL as JSON: admission reads it once
     #: per table (`ext_proc.admission.gate.Gate.configure`).
     admission_json: str = ""
@@ -154,9 +151,8 @@ class Routes:
                 routing=_policy(m.routing) if m.HasField("routing") else None)
             for m in table.models
         }
-        static = tuple(sorted({k.lower() for p in providers.values() for k, _ in p.headers}))
         return cls(version=table.version, models=models, clusters=clusters,
-                   admission_json=table.admission_json, static_header_names=static)
+                   admission_json=table.admission_json)
 
 
 def _policy(r: routing_pb2.Routing) -> RoutingPolicy:

@@ -68,7 +68,9 @@ def _upstream_ext_proc(cfg: GatewayConfig, host_metadata: bool = False) -> dict[
         },
         request_attributes=["xds.cluster_name"]
         + (["xds.upstream_host_metadata"] if host_metadata else []),
-        mutation_rules={"allow_all_routing": True},
+        # The attempt rewrites :authority and removes every header not on its allow-list,
+        # Envoy's own x-envoy-* included.
+        mutation_rules={"allow_all_routing": True, "allow_envoy": True},
     )
 
 

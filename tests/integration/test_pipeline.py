@@ -261,3 +261,23 @@ def test_output_format_reaches_a_non_anthropic_backend(pipe: Pipeline) -> None:
     assert sent["response_format"] == {"type": "json_schema",
                                        "json_schema": {"name": "output", "schema": schema}}
 
+
+
+def test_provider_receives_only_allow_listed_headers(pipe: Pipeline) -> None:
+    """Client identity, cookies, arbitrary x-* headers and Envoy's x-envoy-* never reach a
+    provider; `rejected_header_mutations` stays 0 (no mutation Envoy refuses)."""
+    url = f"http://127.0.0.1:{pipe.ports['spare']}/_sim/requests"
+    httpx.delete(url)
+    r = httpx.post(pipe.url + "/v1/chat/completions", timeout=20, headers={
+        "user-agent": "secret-client/1.0", "x-forwarded-for": "10.9.8.7", "cookie": "s=1",
+        "x-request-id": "client-rid", "x-custom": "leak", "x-api-key": "sk-client",
+        "x-envoy-max-retries": "7"},
+        json={"model": "priced", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    seen = httpx.get(url).json()[-1]["headers"]
+    framing = {"content-length", "transfer-encoding"}  # Envoy's own HTTP/1.1 framing
+    assert set(seen) <= {"host", "content-type", "authorization", "x-switchyard-rid",
+                         *framing}, seen
+    stats = httpx.get(f"http://127.0.0.1:{pipe.ports['admin']}/stats",
+                      params={"filter": "rejected_header_mutations"}).text
+    assert all(line.rsplit(":", 1)[1].strip() == "0" for line in stats.splitlines() if line), stats

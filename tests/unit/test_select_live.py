@@ -340,7 +340,7 @@ models:
   m:
     backends:
       - {provider: p, model: a, quality: 0.8, capabilities: {tools: false}}
-      - {provider: t, model: b, quality: {code: 0.9, chat: 0.7}}
+      - {provider: t, model: b, quality: {code: 0.9, chat: 0.7}, capabilities: {images: false}}
     routing:
       strategy: cost
       slo: {ttft_ms: 500}
@@ -358,7 +358,7 @@ def test_config_reaches_the_routing_table() -> None:
     a, b = m.backends
     assert a.quality == pytest.approx(0.8) and a.lacks == {"tools"}
     assert b.quality_for("code") == pytest.approx(0.9) and b.quality_for("reasoning") is None
-    assert b.lacks == {"images"}  # tgi's default
+    assert b.lacks == {"images"}  # from the backend's capabilities
     plain = Routes.from_proto(compile_config(parse_config(
         CFG.split("    routing:")[0])).routing)
     assert plain.models["m"].routing is None
