@@ -36,6 +36,11 @@ from ext_proc.stats import BackendHealth
 from ext_proc.table import BackendInfo, ModelInfo, Routes
 from switchyard.contract import CHAT_PATH, MAX_PRICE_HEADER, MESSAGES_PATH, SLO_TTFT_HEADER
 
+#: Longest model alias the gateway answers for (config aliases are at most 128 characters;
+#: `ALIAS:preset` adds a few) and longest client-derived text echoed in an error.
+MAX_ALIAS = 160
+MAX_ECHO = 500
+
 
 @dataclass(frozen=True, slots=True)
 class Reject:
@@ -145,7 +150,10 @@ def parse(ingress: Ingress, raw: bytes) -> Parsed | Reject:
     try:
         canonical, alias, stream = ingress.parse(body)
     except IngressError as exc:
-        return Reject(exc.status, exc.message, exc.type, exc.code, exc.param)
+        return Reject(exc.status, exc.message[:MAX_ECHO], exc.type, exc.code, exc.param)
+    if len(alias) > MAX_ALIAS:  # never echo (or log) a huge client string
+        return Reject(400, f"The model name is too long ({len(alias)} characters; at most "
+                      f"{MAX_ALIAS})", "invalid_request_error", "model_not_found", "model")
     return Parsed(canonical, body, alias, stream)
 
 

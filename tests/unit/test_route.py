@@ -100,3 +100,10 @@ def test_unknown_model_not_ready_and_unserved_api() -> None:
     # Embeddings: the Anthropic backend cannot embed, so only the OpenAI one remains.
     d = _decide(orjson.dumps({"model": "m", "input": "x"}), path=EMBEDDINGS_PATH)
     assert isinstance(d, route.Forward) and [c.cluster for c in d.candidates] == ["a"]
+
+
+def test_huge_model_name_is_neither_echoed_nor_logged() -> None:
+    body = orjson.dumps({"model": "m" * 100_000, "messages": [{"role": "user", "content": "x"}]})
+    r = route.parse(INGRESS[CHAT_PATH], body)
+    assert isinstance(r, route.Reject) and r.status == 400 and r.param == "model"
+    assert len(r.message) < 200
