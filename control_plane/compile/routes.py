@@ -134,6 +134,16 @@ def _routes(cfg: GatewayConfig, created: Mapping[str, int]) -> dict[str, Any]:
                  "direct_response": {"status": 503, "body": {"inline_string": error_json(
                      "The gateway could not take this feedback", "api_error", "no_route")}},
                  "response_headers_to_add": json_headers},
+                # An API path with another method than POST: 405 naming the allowed one.
+                {"name": "method_not_allowed",
+                 "match": {"safe_regex": {"regex": INGRESS_PATHS_REGEX}},
+                 "direct_response": {"status": 405, "body": {"inline_string": error_json(
+                     "Method not allowed: this endpoint takes POST", "invalid_request_error",
+                     "method_not_allowed")}},
+                 "response_headers_to_add": [*json_headers, {
+                     "header": {"key": "allow", "value": "POST"},
+                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+                 "typed_per_filter_config": _ext_proc_disabled()},
                 {"name": "not_found", "match": {"prefix": "/"},
                  "direct_response": {"status": 404, "body": {"inline_string": error_json(
                      "Unknown path or method", "invalid_request_error", "not_found")}},

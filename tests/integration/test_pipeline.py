@@ -281,3 +281,10 @@ def test_provider_receives_only_allow_listed_headers(pipe: Pipeline) -> None:
     stats = httpx.get(f"http://127.0.0.1:{pipe.ports['admin']}/stats",
                       params={"filter": "rejected_header_mutations"}).text
     assert all(line.rsplit(":", 1)[1].strip() == "0" for line in stats.splitlines() if line), stats
+
+
+def test_wrong_method_on_an_api_path_is_405(pipe: Pipeline) -> None:
+    r = httpx.get(pipe.url + "/v1/chat/completions")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json()["error"]["code"] == "method_not_allowed"
+    assert httpx.get(pipe.url + "/v1/nope").status_code == 404
