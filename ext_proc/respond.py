@@ -168,6 +168,9 @@ def finish(st: RequestState, outcome: str = "completed") -> UsageRecord:
         route=st.selection.explain if st.selection is not None else None,
         tenant=st.tenant,
         klass=st.klass,
+        system=backend.provider.kind if backend else "",
+        response_model=backend.model if backend else "",
+        operation="embeddings" if st.ingress.name == "embeddings" else "chat",
     )
 
 
@@ -178,7 +181,8 @@ def rejected(st: RequestState, r: Reject) -> UsageRecord:
     return UsageRecord(rid=st.rid, model=st.model, backend="-", status=r.status,
                        stream=st.stream, attempts=0, outcome="rejected",
                        latency_s=time.monotonic() - st.t0, ttft_s=None, usage=NO_USAGE,
-                       cost_usd=0.0, code=r.code or r.type, tenant=st.tenant, klass=st.klass)
+                       cost_usd=0.0, code=r.code or r.type, tenant=st.tenant, klass=st.klass,
+                       operation="embeddings" if st.ingress.name == "embeddings" else "chat")
 
 
 def interrupted(st: RequestState) -> str:

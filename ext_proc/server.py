@@ -30,6 +30,8 @@ from ext_proc.select import Selector
 from ext_proc.state import RequestState
 from ext_proc.stats import BackendHealth
 from ext_proc.table import Routes, RoutingClient
+from ext_proc.usage import ledger as usage_ledger
+from ext_proc.usage.ledger import Ledger
 from switchyard.helpfmt import HelpFormatter
 from switchyard.logs import configure_logging
 
@@ -78,7 +80,8 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
 
 
 async def serve(address: str, port: int, control_plane: str, metrics_port: int, node_id: str,
-                envoy_admin: str | None = None, unix_socket: str | None = None) -> None:
+                envoy_admin: str | None = None, unix_socket: str | None = None,
+                ledger: Ledger | None = None) -> None:
     gate = Gate()
 
     def on_update(routes: Routes) -> None:
@@ -91,6 +94,9 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
     selector = Selector(health)
     if envoy_admin:
         tasks.append(asyncio.create_task(health.poll_envoy(envoy_admin)))
+    if ledger is not None:
+        usage_ledger.LEDGER = ledger
+        tasks.append(asyncio.create_task(ledger.run()))
     big = 64 * 1024 * 1024
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000), (
         "grpc.max_receive_message_length", big), ("grpc.max_send_message_length", big)])
@@ -111,6 +117,8 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
         task.cancel()
     await server.stop(grace=2)
     await http.cleanup()
+    if ledger is not None:
+        ledger.close()  # requests that ended during the grace period are written too
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("--unix-socket", None, "also listen on this Unix socket (Envoy beside ext_proc)"),
         ("--envoy-admin", None, "local Envoy admin URL, for outlier/circuit-breaker state"),
         ("--log-level", "info", "debug, info, warning or error"),
+        ("--usage-dir", None, "append the usage ledger (one JSON line per request) to files "
+                              "in this directory; default: no ledger"),
+        ("--usage-flush-ms", 1000, "longest time a ledger record waits in memory"),
+        ("--usage-max-file-mb", 64.0, "start a new ledger file past this size"),
     ):
         parser.add_argument(flag, default=default, help=help_,
                             type=type(default) if default is not None else str)
@@ -134,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
+    ledger = (Ledger(args.usage_dir, args.node_id, flush_interval_s=args.usage_flush_ms / 1000,
+                     max_file_mb=args.usage_max_file_mb) if args.usage_dir else None)
     uvloop.run(serve(args.address, args.port, args.control_plane, args.metrics_port,
-                     args.node_id, args.envoy_admin, args.unix_socket))
+                     args.node_id, args.envoy_admin, args.unix_socket, ledger))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`switchyard` command line: up | validate | sim | replay | control-plane | ext-proc."""
+"""`switchyard` command line: up | validate | sim | replay | usage | control-plane | ext-proc."""
 
 from __future__ import annotations
 
@@ -120,6 +120,16 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_usage(args: argparse.Namespace) -> int:
+    from switchyard.usage_query import run
+
+    try:
+        return run(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from switchyard.replay.cli import run
 
@@ -177,6 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     from switchyard.replay.cli import add_parser as add_replay_parser
 
     add_replay_parser(sub).set_defaults(func=_cmd_replay)
+
+    from switchyard.usage_query import add_parser as add_usage_parser
+
+    add_usage_parser(sub, _FORMAT).set_defaults(func=_cmd_usage)
 
     cp = sub.add_parser("control-plane", help="run only the control plane (a fleet's hub); "
                         "--help for its options", add_help=False)

@@ -74,6 +74,28 @@ def render_bootstrap(cfg: GatewayConfig, node_id: str, ext_proc_socket: Path | N
     )
 
 
+def ledger_dir(cfg: GatewayConfig, config_path: Path, log_dir: Path | None) -> Path | None:
+    """The usage ledger's directory: `ledger.dir` (relative to the config file), else the log
+    directory's `usage/`, else `$XDG_STATE_HOME/switchyard/usage`; None when it is off."""
+    if not cfg.ledger.enabled:
+        return None
+    if cfg.ledger.dir:
+        return (config_path.parent / cfg.ledger.dir).resolve()
+    if log_dir is not None:
+        return Path(log_dir).resolve() / "usage"
+    from ext_proc.usage.ledger import default_dir
+
+    return default_dir()
+
+
+def ledger_args(cfg: GatewayConfig, directory: Path | None) -> list[str]:
+    """ext_proc's ledger flags."""
+    if directory is None:
+        return []
+    return ["--usage-dir", str(directory), "--usage-flush-ms", str(cfg.ledger.flush_interval_ms),
+            "--usage-max-file-mb", str(cfg.ledger.max_file_mb)]
+
+
 @dataclass
 class Gateway:
     """A running gateway. `log_dir=None` sends children's logs to this process's stderr."""
@@ -95,6 +117,16 @@ class Gateway:
     @property
     def url(self) -> str:
         return f"http://{self.cfg.listen.address}:{self.cfg.listen.port}"
+
+    @property
+    def node_id(self) -> str:
+        """This gateway's node (its Envoy and its ext_proc) as the control plane knows it."""
+        return f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def ledger_dir(self) -> Path | None:
+        """Where ext_proc appends the usage ledger (None: the ledger is off)."""
+        return ledger_dir(self.cfg, self.config_path, self.log_dir)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         out: int | IO[bytes] | None = None
@@ -123,9 +155,10 @@ class Gateway:
             *(["--unix-socket", str(socket)] if socket else []),
             "--control-plane", f"{cfg.control_plane.address}:{cfg.control_plane.port}",
             "--metrics-port", str(cfg.ext_proc.metrics_port), "--log-level", self.log_level,
-            "--envoy-admin", f"http://{cfg.admin.address}:{cfg.admin.port}"])
+            "--envoy-admin", f"http://{cfg.admin.address}:{cfg.admin.port}",
+            "--node-id", self.node_id, *ledger_args(cfg, self.ledger_dir)])
         bootstrap = self.workdir / "envoy.yaml"
-        bootstrap.write_text(render_bootstrap(cfg, node_id=f"switchyard-{os.getpid()}",
+        bootstrap.write_text(render_bootstrap(cfg, node_id=self.node_id,
                                               ext_proc_socket=socket))
         self._spawn("envoy", [
             envoy_binary(), "-c", str(bootstrap), "--concurrency", str(cfg.envoy_concurrency),

@@ -1,10 +1,11 @@
-"""Where a finished request goes: Prometheus metrics and the structured request log line."""
+"""Where a finished request goes: Prometheus metrics, the usage ledger (`ledger.py`) and the
+structured request log line."""
 
 from __future__ import annotations
 
 import structlog
 
-from ext_proc.usage import metrics
+from ext_proc.usage import ledger, metrics
 from ext_proc.usage.record import NO_USAGE, UsageRecord, cost_usd
 
 __all__ = ["NO_USAGE", "UsageRecord", "account", "cost_usd"]
@@ -13,7 +14,9 @@ log = structlog.get_logger("switchyard.request")
 
 
 def account(r: UsageRecord) -> None:
-    """Metrics and the one log line of a finished request."""
+    """Metrics, the usage ledger and the one log line of a finished request."""
+    if ledger.LEDGER is not None:
+        ledger.LEDGER.append(r)
     if r.outcome == "rejected":
         metrics.REJECTED.labels(reason=r.code or "rejected").inc()
         log.info("request", rid=r.rid, model=r.model or None, tenant=r.tenant,

@@ -49,3 +49,9 @@ class UsageRecord:
     tenant: str = "default"
     #: Priority class the request ran in.
     klass: str = "interactive"
+    #: The answering backend's provider kind (OpenTelemetry's `gen_ai.system`), "" if none.
+    system: str = ""
+    #: The upstream model that answered (`gen_ai.response.model`), "" if none.
+    response_model: str = ""
+    #: `chat` or `embeddings` (`gen_ai.operation.name`).
+    operation: str = "chat"

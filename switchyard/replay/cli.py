@@ -22,7 +22,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--trace", type=Path, required=True,
                    help="CSV with TIMESTAMP, ContextTokens, GeneratedTokens (the Azure LLM "
-                        "inference trace format) or the gateway's request log (JSON lines)")
+                        "inference trace format), the gateway's request log (JSON lines) or "
+                        "its usage ledger (a ledger file or directory)")
     p.add_argument("--config", type=Path, action="append", required=True,
                    help="a gateway config to replay; repeat to compare configs")
     p.add_argument("--strategy", action="append", default=None,

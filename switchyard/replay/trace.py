@@ -12,6 +12,9 @@ Two formats, told apart by their first line:
   `ext_proc.usage.account`), using `timestamp` (when the request ended), `latency_ms`,
   `prompt_tokens`, `completion_tokens` and `model`. Rejected requests (no tokens) and other
   log lines are skipped; the arrival is the end time less the latency.
+* The usage ledger (`ext_proc/usage/ledger.py`): the same JSON lines with the same field
+  names (its rejected requests say `"outcome": "rejected"` and are skipped), as one file or
+  as the ledger's directory (every `*.jsonl` in it, several nodes' files merged by time).
 
 Prompts are not in either trace (privacy): the replay synthesises prompts of the given sizes.
 """
@@ -101,7 +104,8 @@ def read_request_log(lines: Iterable[str], name: str = "<trace>") -> list[TraceR
             rec = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             raise TraceError(f"{name}:{lineno}: not a JSON log line: {exc}") from None
-        if not isinstance(rec, dict) or rec.get("event") != "request":
+        if (not isinstance(rec, dict) or rec.get("event") != "request"
+                or rec.get("outcome") == "rejected"):
             continue
         prompt, completion = rec.get("prompt_tokens"), rec.get("completion_tokens")
         stamp = rec.get("timestamp")
@@ -126,8 +130,16 @@ def _first_line(lines: Iterator[str]) -> str:
 
 
 def read_trace(path: str | Path) -> list[TraceRequest]:
-    """Read a CSV trace or a request log, whichever `path` holds."""
+    """Read a CSV trace, a request log or a usage ledger (file or directory)."""
     path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise TraceError(f"{path}: no usage ledger files (*.jsonl) in this directory")
+        lines: list[str] = []
+        for f in files:
+            lines.extend(f.read_text(encoding="utf-8").splitlines())
+        return read_request_log(lines, str(path))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
