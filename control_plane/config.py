@@ -573,6 +573,38 @@ class GatewayConfig(_Strict):
     ledger: LedgerSettings = LedgerSettings()
 
     @model_validator(mode="after")
+    def _ports(self) -> GatewayConfig:
+        """Every listener the gateway opens needs its own port (0: any free port)."""
+        binds: list[tuple[tuple[str | int, ...], str, int]] = [
+            (("listen", "port"), self.listen.address, self.listen.port),
+            (("admin", "port"), self.admin.address, self.admin.port),
+            (("control_plane", "port"), self.control_plane.address, self.control_plane.port),
+            (("control_plane", "status_port"), self.control_plane.status_address,
+             self.control_plane.status_port),
+            (("ext_proc", "port"), self.ext_proc.address, self.ext_proc.port),
+            (("ext_proc", "metrics_port"), self.ext_proc.address, self.ext_proc.metrics_port),
+        ]
+        for name, p in self.providers.items():
+            if p.simulate is None:
+                continue
+            if p.endpoints:
+                for i, url in enumerate(p.endpoints):
+                    parts = urlsplit(url)
+                    binds.append((("providers", name, "endpoints", i), parts.hostname or "",
+                                  parts.port or 80))
+            else:
+                binds.append((("providers", name, "base_url"), p.host, p.port))
+        seen: dict[int, tuple[tuple[str | int, ...], str]] = {}
+        for loc, address, port in binds:
+            if not port:
+                continue
+            other = seen.get(port)
+            if other is not None and (other[1] == address or "0.0.0.0" in (other[1], address)):
+                raise _RefError(loc, f"port {port} is already used by {_dotted(other[0])}")
+            seen.setdefault(port, (loc, address))
+        return self
+
+    @model_validator(mode="after")
     def _tenant_models(self) -> GatewayConfig:
         for name, tenant in (self.tenants or {}).items():
             for alias in tenant.models:

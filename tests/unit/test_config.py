@@ -182,3 +182,20 @@ def test_tenant_keys_reach_ext_proc_only_as_digests() -> None:
         {"sha256": hashlib.sha256(b"sk-acme").hexdigest()}]
     assert doc["tenants"]["acme"]["priority"] == "chat"
     assert doc["tenants"]["acme"]["models"] == {"m1": {"rpm": 60}}
+
+
+@pytest.mark.parametrize(("extra", "field", "needle"), [
+    ("admin: {address: 127.0.0.1, port: 8080}\n", "admin.port", "port 8080 is already used by listen.port"),
+    ("ext_proc: {metrics_port: 9901}\n", "ext_proc.metrics_port", "admin.port"),
+])
+def test_port_collisions_are_rejected(extra: str, field: str, needle: str) -> None:
+    err = _err(GOOD + extra)
+    assert err.field == field and needle in err.message, str(err)
+
+
+def test_two_simulated_providers_on_one_port_are_rejected() -> None:
+    text = GOOD.replace('p2: {kind: anthropic, base_url: "https://api.anthropic.com"}',
+                        'p2: {kind: anthropic, base_url: "http://127.0.0.1:8101", simulate: {}}')
+    text = text.replace("api_key: {env: SY_TEST_KEY}}", "api_key: {env: SY_TEST_KEY}, simulate: {}}")
+    err = _err(text)
+    assert err.field == "providers.p2.base_url" and "providers.p1.base_url" in err.message
