@@ -16,6 +16,13 @@ from switchyard.helpfmt import HelpFormatter
 def _cmd_validate(args: argparse.Namespace) -> int:
     from control_plane.compile import PUSH_ORDER, compile_config
 
+    if args.diff:
+        from switchyard.config_diff import run as diff
+
+        status, report = diff(*args.diff)
+        print(report, file=sys.stderr if status else sys.stdout)
+        return status
+
     try:
         snapshot = compile_config(load_config(args.config))
     except ConfigError as exc:
@@ -176,6 +183,10 @@ def main(argv: list[str] | None = None) -> None:
                          formatter_class=_FORMAT)
     val.add_argument("config", type=Path, nargs="?", default=default,
                      help="config file to validate")
+    val.add_argument("--diff", nargs=2, type=Path, metavar=("OLD", "NEW"), default=None,
+                     help="print what changing OLD into NEW does (models, backends, prices, "
+                          "limits, routing, tenants added / removed / changed); exit 1 when "
+                          "NEW is invalid, 2 when OLD is")
     val.set_defaults(func=_cmd_validate)
 
     sim = sub.add_parser("sim", help="run the provider simulator for `simulate:` providers",
