@@ -37,6 +37,7 @@ def account(r: UsageRecord) -> None:
         m.COST.labels(r.model, r.backend).inc(r.cost_usd)
     if r.attempts > 1:
         m.FAILOVERS.labels(r.model, r.backend).inc(r.attempts - 1)
+    _genai(r)
     log.info(
         "request",
         rid=r.rid,
@@ -57,3 +58,19 @@ def account(r: UsageRecord) -> None:
         cost_usd=round(r.cost_usd, 8),
         route=r.route,
     )
+
+
+def _genai(r: UsageRecord) -> None:
+    """The request under the OpenTelemetry GenAI semantic-convention metric names."""
+    m = metrics
+    labels = (m.GENAI_SYSTEM.get(r.system, r.system or "_OTHER"), r.model,
+              r.response_model or "", r.operation)
+    error = "" if 200 <= r.status < 400 and r.outcome == "completed" else (
+        str(r.status) if r.status else r.outcome)
+    m.GENAI_DURATION.labels(*labels, error).observe(r.latency_s)
+    if r.ttft_s is not None:
+        m.GENAI_TTFT.labels(*labels).observe(r.ttft_s)
+    u = r.usage
+    if u.prompt or u.completion:
+        m.GENAI_TOKENS.labels(*labels, "input").observe(u.prompt)
+        m.GENAI_TOKENS.labels(*labels, "output").observe(u.completion)

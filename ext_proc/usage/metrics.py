@@ -25,3 +25,29 @@ ADMISSION = Counter("switchyard_admission_total",
                     "Admission decisions by tenant, priority class and reason "
                     "(decision: admitted | queued | shed | unauthenticated)",
                     ["tenant", "priority", "decision", "reason"])
+
+# -- OpenTelemetry GenAI semantic conventions (docs/telemetry.md) ------------------------------
+# The same requests under the standard names, so GenAI dashboards work unchanged. Prometheus
+# spells `gen_ai.client.token.usage` as `gen_ai_client_token_usage` (dots become underscores;
+# histograms get _bucket/_sum/_count). Buckets: the conventions' advisory boundaries.
+_GENAI_LABELS = ["gen_ai_system", "gen_ai_request_model", "gen_ai_response_model",
+                 "gen_ai_operation_name"]
+GENAI_TOKENS = Histogram(
+    "gen_ai_client_token_usage", "Tokens per request by gen_ai_token_type (input, output)",
+    [*_GENAI_LABELS, "gen_ai_token_type"],
+    buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+             16777216, 67108864))
+GENAI_TTFT = Histogram(
+    "gen_ai_server_time_to_first_token", "Time to first token (seconds)", _GENAI_LABELS,
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+             7.5, 10.0))
+GENAI_DURATION = Histogram(
+    "gen_ai_server_request_duration", "Generative AI request duration (seconds)",
+    [*_GENAI_LABELS, "error_type"],
+    buckets=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96,
+             81.92))
+
+#: Provider kind -> the conventions' `gen_ai.system` value (others: the kind itself).
+GENAI_SYSTEM = {"openai": "openai", "azure_openai": "az.ai.openai", "anthropic": "anthropic",
+                "bedrock": "aws.bedrock", "gemini": "gcp.gemini", "vertex": "gcp.vertex_ai",
+                "vllm": "vllm", "tgi": "tgi"}

@@ -1,6 +1,6 @@
 """The usage ledger through a real gateway: one record per request (answered, streamed,
 rejected), nothing lost when the gateway stops, and `switchyard usage` figures equal the sums
-of the ledger's records."""
+of the ledger's records; the GenAI semantic-convention metrics appear after traffic."""
 
 from __future__ import annotations
 
@@ -37,6 +37,18 @@ def test_ledger_records_every_request_and_usage_sums_them(tmp_path: Path) -> Non
             s.read()
         bad = httpx.post(url, timeout=10, json={"model": "nope", "messages": []})
         assert bad.status_code in (400, 404)
+        # The same traffic under the OpenTelemetry GenAI metric names.
+        metrics = httpx.get(f"http://127.0.0.1:{running.ports['metrics']}/metrics").text
+        for line in (
+            'gen_ai_client_token_usage_count{gen_ai_operation_name="chat",gen_ai_request_model='
+            '"claude-sim",gen_ai_response_model="claude-3-5-haiku-latest",gen_ai_system='
+            '"anthropic",gen_ai_token_type="input"} 2.0',
+            'gen_ai_server_request_duration_count{error_type="",gen_ai_operation_name="chat",'
+            'gen_ai_request_model="gpt-sim",gen_ai_response_model="gpt-4o-mini",'
+            'gen_ai_system="openai"} 3.0',
+            "gen_ai_server_time_to_first_token_bucket{",
+        ):
+            assert line in metrics, line
     finally:
         running.gateway.stop()  # SIGTERM: ext_proc writes what is still buffered
     ledger = tmp_path / "logs" / "usage"
