@@ -5,7 +5,11 @@ Per backend (Envoy cluster) this keeps:
   `x-ratelimit-remaining-requests/-tokens` + `x-ratelimit-reset-*`; Anthropic
   `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{remaining,reset}`),
   decremented locally by every request admitted since, so the gateway stops sending *before*
-  the provider refuses; it lapses at the provider's reset time;
+  the provider refuses; it lapses at the provider's reset time. When the provider also names
+  its limit (`x-ratelimit-limit-*`, `anthropic-ratelimit-*-limit`), the budget refills
+  smoothly in between at (limit - remaining) / reset per second (reset = time until full, as
+  OpenAI and Anthropic define it), so an exhausted provider gets its refill rate rather than
+  nothing until the whole window resets; without the limit, wait for the reset;
 - a block until `retry-after` (or `retry-after-ms`) after a 429 (1 s when none is given);
 - an AIMD factor on the backend's configured limits: x`decrease` on a 429 (at most once per
   `cooldown_s`, so one burst of 429s is one decrease), then +`recover_per_s` per second without
@@ -84,23 +88,61 @@ def _int(text: str | None) -> int | None:
         return None
 
 
+def _refill_rate(limit: int | None, remaining: int, reset: float) -> float:
+    """Per-second refill of a provider budget that is full again after `reset` seconds
+    (0.0: unknown, wait for the reset)."""
+    if not limit or limit <= 0:
+        return 0.0
+    if remaining < limit and reset > 0:
+        return (limit - remaining) / reset
+    return limit / 60.0  # full now: the per-minute limit's own rate
+
+
+class Budget:
+    """A provider's remaining requests or tokens as of its last answer, refilling at `rate`
+    per second up to `limit` (when the provider names them), lapsing at `until`."""
+
+    __slots__ = ("at", "limit", "rate", "remaining", "until")
+
+    def __init__(self, remaining: float, limit: int | None, rate: float, at: float,
+                 until: float) -> None:
+        self.remaining = remaining
+        self.limit = limit
+        self.rate = rate
+        self.at = at
+        self.until = until
+
+    def __repr__(self) -> str:
+        return f"Budget(remaining={self.remaining:g}, limit={self.limit}, rate={self.rate:g})"
+
+    def wait(self, n: float, now: float) -> float:
+        """Seconds until `n` fit (0.0: now, or the snapshot has lapsed)."""
+        if now >= self.until:
+            return 0.0
+        level = self.remaining + (now - self.at) * self.rate
+        if self.limit:
+            n = min(n, self.limit)
+            level = min(level, self.limit)
+        if level >= n:
+            return 0.0
+        lapse = self.until - now
+        return min(lapse, (n - level) / self.rate) if self.rate > 0 else lapse
+
+
 class BackendPressure:
-    __slots__ = ("blocked_until", "factor", "last_429", "rem_requests", "rem_requests_until",
-                 "rem_tokens", "rem_tokens_until", "stamp")
+    __slots__ = ("blocked_until", "factor", "last_429", "requests", "stamp", "tokens")
 
     def __init__(self, now: float) -> None:
         self.factor = 1.0
         self.stamp = now
         self.last_429 = -math.inf
         self.blocked_until = -math.inf
-        self.rem_requests: float | None = None
-        self.rem_requests_until = -math.inf
-        self.rem_tokens: float | None = None
-        self.rem_tokens_until = -math.inf
+        self.requests: Budget | None = None
+        self.tokens: Budget | None = None
 
     def __repr__(self) -> str:
-        return (f"BackendPressure(factor={self.factor:.3f}, rem_requests={self.rem_requests}, "
-                f"rem_tokens={self.rem_tokens})")
+        return (f"BackendPressure(factor={self.factor:.3f}, requests={self.requests}, "
+                f"tokens={self.tokens})")
 
 
 class Backpressure:
@@ -132,28 +174,32 @@ class Backpressure:
         # OpenAI / Azure
         rr = _int(headers.get("x-ratelimit-remaining-requests"))
         rt = _int(headers.get("x-ratelimit-remaining-tokens"))
+        lr = _int(headers.get("x-ratelimit-limit-requests"))
+        lt = _int(headers.get("x-ratelimit-limit-tokens"))
         reset_r = parse_duration(headers.get("x-ratelimit-reset-requests", ""))
         reset_t = parse_duration(headers.get("x-ratelimit-reset-tokens", ""))
         # Anthropic (tokens: the tighter of the combined and input-token budgets)
         if rr is None:
             rr = _int(headers.get("anthropic-ratelimit-requests-remaining"))
+            lr = _int(headers.get("anthropic-ratelimit-requests-limit"))
             r = headers.get("anthropic-ratelimit-requests-reset")
             reset_r = _rfc3339_in(r, wall) if r else None
         if rt is None:
-            best: tuple[int, float | None] | None = None
+            best: tuple[int, float | None, int | None] | None = None
             for kind in ("tokens", "input-tokens"):
                 v = _int(headers.get(f"anthropic-ratelimit-{kind}-remaining"))
                 if v is not None and (best is None or v < best[0]):
                     r = headers.get(f"anthropic-ratelimit-{kind}-reset")
-                    best = (v, _rfc3339_in(r, wall) if r else None)
+                    best = (v, _rfc3339_in(r, wall) if r else None,
+                            _int(headers.get(f"anthropic-ratelimit-{kind}-limit")))
             if best is not None:
-                rt, reset_t = best
+                rt, reset_t, lt = best
         if rr is not None:
-            bp.rem_requests = float(rr)
-            bp.rem_requests_until = now + (reset_r if reset_r is not None else 60.0)
+            reset = reset_r if reset_r is not None else 60.0
+            bp.requests = Budget(float(rr), lr, _refill_rate(lr, rr, reset), now, now + reset)
         if rt is not None:
-            bp.rem_tokens = float(rt)
-            bp.rem_tokens_until = now + (reset_t if reset_t is not None else 60.0)
+            reset = reset_t if reset_t is not None else 60.0
+            bp.tokens = Budget(float(rt), lt, _refill_rate(lt, rt, reset), now, now + reset)
         if status == 429:
             ra = parse_retry_after(headers, wall)
             block = ra if ra is not None else self.default_block_s
@@ -182,10 +228,10 @@ class Backpressure:
         if bp is None:
             return 0.0
         w = bp.blocked_until - now
-        if bp.rem_requests is not None and now < bp.rem_requests_until and bp.rem_requests < 1:
-            w = max(w, bp.rem_requests_until - now)
-        if bp.rem_tokens is not None and now < bp.rem_tokens_until and bp.rem_tokens < tokens:
-            w = max(w, bp.rem_tokens_until - now)
+        if bp.requests is not None:
+            w = max(w, bp.requests.wait(1, now))
+        if bp.tokens is not None:
+            w = max(w, bp.tokens.wait(tokens, now))
         return max(0.0, w)
 
     def sent(self, cluster: str, tokens: float) -> None:
@@ -193,7 +239,7 @@ class Backpressure:
         bp = self.backends.get(cluster)
         if bp is None:
             return
-        if bp.rem_requests is not None:
-            bp.rem_requests -= 1
-        if bp.rem_tokens is not None:
-            bp.rem_tokens -= tokens
+        if bp.requests is not None:
+            bp.requests.remaining -= 1
+        if bp.tokens is not None:
+            bp.tokens.remaining -= tokens

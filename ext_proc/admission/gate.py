@@ -130,9 +130,15 @@ class Gate:
 
     def snapshot(self) -> dict[str, Any]:
         """`GET /limits`: every bucket's limit, remaining and reset, and the queue."""
-        return {"tenants": sorted(self.callers.tenants) if self.callers else ["default"],
-                "shared": bool(self.redis_url), "queued": len(self.waiting),
-                "buckets": self.admission.snapshot(time.monotonic())}
+        out: dict[str, Any] = {
+            "tenants": sorted(self.callers.tenants) if self.callers else ["default"],
+            "shared": bool(self.redis_url), "queued": len(self.waiting),
+            "buckets": self.admission.snapshot(time.monotonic())}
+        store: Any = self.admission.store
+        if hasattr(store, "connected"):  # the fleet store: is Redis there, how many replicas
+            out["redis"] = {"connected": store.connected, "live_replicas": store.live,
+                            "syncs": store.syncs, "failures": store.failures}
+        return out
 
 
 def _counted(tenant: str, klass: str, d: Decision, after_wait: bool = False) -> Decision:

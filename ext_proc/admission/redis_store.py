@@ -23,7 +23,8 @@ script call per replica covering all of its active buckets (JSON in, JSON out):
 Redis unreachable (or slow past `timeout_s`): every bucket falls back to limit / (live
 replicas last seen), never unlimited, refilling locally; when Redis is back the holdings are
 returned to the pool and shares re-converge within a few syncs. A restarted Redis (state
-lost) starts from a full pool, as a restarted single gateway would.
+lost) starts from an empty pool plus what the replicas hold, not from a full minute: the
+fleet does not get a second burst on top of what it admitted during the outage.
 
 All keys share the `{switchyard}` hash tag (one slot). The script names its keys from a
 prefix rather than KEYS, so it targets a single Redis (or one slot of a cluster).
@@ -80,7 +81,7 @@ local out = {live}
 for _, e in ipairs(entries) do
   local sk = prefix .. e[1]
   local dk = sk .. ':d'
-  local kind, limit, held, refilled, demand = e[2], e[3], e[4], e[5], e[6]
+  local kind, limit, held, refilled, demand, fresh = e[2], e[3], e[4], e[5], e[6], e[7]
   -- the others' demand and holdings (in-flight for concurrency), live ones only
   local total, others, count = 0, 0, 0
   local ds = redis.call('HGETALL', dk)
@@ -102,7 +103,14 @@ for _, e in ipairs(entries) do
     local st = redis.call('HMGET', sk, 'p', 'ts')
     local pool = tonumber(st[1])
     local ts = tonumber(st[2])
-    if pool == nil or ts == nil then pool = limit; ts = now end
+    -- no state: a bucket new to the fleet starts full (its cold-start holding was reported
+    -- as refilled, so it comes out of this); a bucket the replicas already held (Redis
+    -- restarted empty, or came up after they started in fallback) is what they hold: no
+    -- second full minute on top of what the fleet admitted meanwhile
+    if pool == nil or ts == nil then
+      if fresh == 1 then pool = limit else pool = 0 end
+      ts = now
+    end
     if now > ts then pool = pool + (now - ts) * limit / 60000 end
     pool = pool - refilled + held
     local cap = limit - math.max(0, others)
@@ -148,6 +156,8 @@ class RedisStore(LocalStore):
         self.failures = 0
         self._demand: dict[int, float] = {}
         self._synced: dict[int, float] = {}
+        #: Buckets created while connected and not yet synced: new to the fleet (see SYNC_LUA).
+        self._fresh: set[int] = set()
         #: Set to sync at once rather than at the next interval (a new bucket).
         self._wake = asyncio.Event()
         self._last_sync = clock()
@@ -168,6 +178,8 @@ class RedisStore(LocalStore):
         share = 1.0 / max(1, self.live)
         for b in (sc.rpm, sc.tpm):
             if b is not None:
+                if self.connected:
+                    self._fresh.add(id(b))
                 b.share = share
                 # a cold start: limit / live replicas at once, drawn from the fleet's pool at
                 # the next sync (reported as if this bucket had refilled it), which is now
@@ -239,7 +251,8 @@ class RedisStore(LocalStore):
         self._last_sync = now
         entries = self._entries(dt, now)
         payload = orjson.dumps([
-            (key, "t" if isinstance(b, TokenBucket) else "c", b.limit, held, refilled, demand)
+            (key, "t" if isinstance(b, TokenBucket) else "c", b.limit, held, refilled, demand,
+             1 if id(b) in self._fresh else 0)
             for key, b, held, refilled, demand in entries])
         # Right after (re)connecting, the others may not have reported yet (a restarted Redis
         # has forgotten them): never take more than an equal share on that first sync.
@@ -271,6 +284,7 @@ class RedisStore(LocalStore):
         self.live = max(1, int(reply[0]))
         now2 = self.clock()
         for (_, b, held, _, _), (value, share) in zip(entries, reply[1:], strict=True):
+            self._fresh.discard(id(b))
             if isinstance(b, TokenBucket):
                 # what was spent or refilled locally while the call was in flight still counts
                 moved = b.level(now2) - held

@@ -312,6 +312,29 @@ def test_backpressure_from_remaining_headers():
     assert bp.wait(ANT.cluster, 10, clock.t) == pytest.approx(30.0)
 
 
+def test_backpressure_remaining_refills_at_the_providers_rate_when_it_names_its_limit():
+    """remaining 0 of 840 rpm, full again in 60 s: one request every 60/840 s, not a minute's
+    silence; the provider's 429 with retry-after still blocks until then."""
+    clock = Clock()
+    bp = Backpressure()
+    bp.observe(OAI.cluster, 200, {"x-ratelimit-limit-requests": "840",
+                                  "x-ratelimit-remaining-requests": "0",
+                                  "x-ratelimit-reset-requests": "1m0s"}, now=clock.t)
+    assert bp.wait(OAI.cluster, 1, clock.t) == pytest.approx(60 / 840)
+    clock.t += 60 / 840 + 1e-9
+    assert bp.wait(OAI.cluster, 1, clock.t) == 0.0
+    bp.sent(OAI.cluster, 1)
+    assert bp.wait(OAI.cluster, 1, clock.t) == pytest.approx(60 / 840)
+    # Anthropic names its limits too; tokens: the tighter budget, capped at the limit
+    bp.observe(ANT.cluster, 200, {
+        "anthropic-ratelimit-tokens-limit": "6000",
+        "anthropic-ratelimit-tokens-remaining": "0",
+        "anthropic-ratelimit-tokens-reset": "2026-12-07T00:01:00Z",
+    }, now=clock.t, wall=1796601600.0)
+    assert bp.wait(ANT.cluster, 100, clock.t) == pytest.approx(1.0)
+    assert bp.wait(ANT.cluster, 10**6, clock.t) == pytest.approx(60.0)  # never past reset
+
+
 def test_duration_and_retry_after_parsing():
     assert parse_duration("6m0s") == 360 and parse_duration("20ms") == 0.02
     assert parse_duration("1.5s") == 1.5 and parse_duration("2") == 2
