@@ -195,9 +195,11 @@ def main(argv: list[str] | None = None) -> None:
                      help="config whose `simulate:` providers to serve")
     sim.set_defaults(func=_cmd_sim)
 
+    from switchyard.capacity.cli import add_parsers as add_capacity_parsers
     from switchyard.replay.cli import add_parser as add_replay_parser
 
     add_replay_parser(sub).set_defaults(func=_cmd_replay)
+    add_capacity_parsers(sub)
 
     from switchyard.usage_query import add_parser as add_usage_parser
 
