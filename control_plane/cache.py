@@ -108,6 +108,8 @@ class NodeState:
 
     node_id: str = ""
     types: dict[str, TypeState] = field(default_factory=dict)
+    #: What the node said about itself (Envoy: its bootstrap's node metadata).
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def acked(self, type_url: str) -> str:
         state = self.types.get(type_url)

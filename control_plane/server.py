@@ -119,7 +119,8 @@ class ControlPlane:
                 await self.load(read)
 
 
-async def serve(config_path: Path, address: str, port: int) -> None:
+async def serve(config_path: Path, address: str, port: int, status_address: str = "127.0.0.1",
+                status_port: int = 0) -> None:
     cp = ControlPlane(config_path)
     if not await cp.load():
         raise SystemExit(f"switchyard control plane: no valid config at {config_path}")
@@ -131,12 +132,17 @@ async def serve(config_path: Path, address: str, port: int) -> None:
     await server.start()
     log.info("control plane listening", address=address, port=bound, config=str(config_path))
     watcher = asyncio.create_task(cp.watch())
+    from control_plane.status import start_status
+
+    status = await start_status(cp, status_address, status_port) if status_port else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     watcher.cancel()
+    if status is not None:
+        await status.cleanup()
     await server.stop(grace=1)
 
 
@@ -152,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address of the gRPC (ADS + RoutingTable) listener; nodes on other "
                              "hosts need a reachable one, e.g. 0.0.0.0")
     parser.add_argument("--port", type=int, default=18000, help="gRPC port nodes connect to")
+    parser.add_argument("--status-address", default="127.0.0.1",
+                        help="address of the status page and fleet API (/, /api/fleet)")
+    parser.add_argument("--status-port", type=int, default=18001,
+                        help="port of the status page and fleet API; 0: off")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"), help="log level")
     return parser
@@ -162,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(args.log_level)
     import uvloop
 
-    uvloop.run(serve(args.config, args.address, args.port))
+    uvloop.run(serve(args.config, args.address, args.port, args.status_address,
+                     args.status_port))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,21 @@ def envoy_references(type_url: str, resource: Message) -> Iterator[tuple[str, st
                         yield ROUTE_TYPE, hcm.rds.route_config_name
 
 
+def node_listener(envoy: NodeState, resource: Message) -> Message:
+    """A fleet node's own listener address: `switchyard node --listen HOST:PORT` puts it in
+    its Envoy's node metadata (`listen`), so nodes sharing a host (or a config) each bind their
+    own. Same resource otherwise; the version stays the snapshot's."""
+    listen = envoy.metadata.get("listen", "")
+    if not listen or not isinstance(resource, listener_pb2.Listener):
+        return resource
+    host, _, port = listen.rpartition(":")
+    patched = listener_pb2.Listener()
+    patched.CopyFrom(resource)
+    patched.address.socket_address.address = host
+    patched.address.socket_address.port_value = int(port)
+    return patched
+
+
 class ModelRoutes:
     """Model routes linger inside the one route configuration: a removed model's route is
     served after the current model routes and before the catch-alls."""
@@ -164,7 +179,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     async def _on_request(self, envoy: NodeState, req: discovery_pb2.DiscoveryRequest) -> None:
         if req.node.id and not envoy.node_id:
             envoy.node_id = req.node.id
-            log.info("envoy connected", node=envoy.node_id)
+            envoy.metadata = {k: v.string_value for k, v in req.node.metadata.fields.items()
+                              if v.string_value}
+            log.info("envoy connected", node=envoy.node_id, **envoy.metadata)
         state = self._store.subscribe(envoy, req.type_url, req.resource_names)
         if req.response_nonce and req.response_nonce == state.nonce:
             if req.HasField("error_detail"):
@@ -190,7 +207,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             packed = []
             for r in due.resources:
                 a = any_pb2.Any()
-                a.Pack(r)
+                a.Pack(node_listener(envoy, r) if due.type_url == LISTENER_TYPE else r)
                 packed.append(a)
             nonce = str(next(self._nonces))
             self._store.sent(envoy, due.type_url, due.version, nonce)

@@ -1,4 +1,5 @@
-"""`switchyard` command line: up | validate | sim | replay | usage | control-plane | ext-proc."""
+"""`switchyard` command line: up | validate | sim | replay | usage | control-plane | node |
+ext-proc."""
 
 from __future__ import annotations
 
@@ -137,6 +138,42 @@ def _cmd_usage(args: argparse.Namespace) -> int:
         return 1
 
 
+def _cmd_node(args: argparse.Namespace) -> int:
+    from switchyard.fleet import Node
+
+    node = Node(args.control_plane, listen=args.listen, admin=args.admin, metrics=args.metrics,
+                concurrency=args.concurrency, log_level=args.log_level,
+                usage_dir=args.usage_dir, log_dir=args.log_dir,
+                **({"node_id": args.node_id} if args.node_id else {}))
+    stop = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node.start()
+    try:
+        node.wait_ready(timeout=args.ready_timeout)
+        print(f"Switchyard node {node.node_id} is up (control plane {args.control_plane}, "
+              f"listener {args.listen or 'from the config'}, metrics {node.status_url})",
+              file=sys.stderr, flush=True)
+        while not stop:
+            for name, proc in node.procs.items():
+                if proc.poll() is not None:
+                    print(f"error: {name} exited with code {proc.returncode}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        return 0
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        node.stop()
+        print(f"Switchyard node {node.node_id} stopped.", file=sys.stderr, flush=True)
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from switchyard.replay.cli import run
 
@@ -204,6 +241,33 @@ def main(argv: list[str] | None = None) -> None:
     from switchyard.usage_query import add_parser as add_usage_parser
 
     add_usage_parser(sub, _FORMAT).set_defaults(func=_cmd_usage)
+
+    node = sub.add_parser(
+        "node", help="run one fleet node (Envoy + ext_proc) against a remote control plane",
+        description="Envoy + ext_proc on this machine, configured by the control plane at "
+                    "--control-plane; N nodes share one control plane (and one Redis).",
+        formatter_class=_FORMAT)
+    node.add_argument("--control-plane", required=True, metavar="HOST:PORT",
+                      help="the control plane's gRPC address")
+    node.add_argument("--listen", default="", metavar="HOST:PORT",
+                      help="this node's client listener; default: the config's `listen`")
+    node.add_argument("--admin", default="127.0.0.1:9901", metavar="HOST:PORT",
+                      help="Envoy admin (keep it on loopback)")
+    node.add_argument("--metrics", default="127.0.0.1:9464", metavar="HOST:PORT",
+                      help="ext_proc /metrics, /healthz, /limits; the control plane polls it "
+                           "for the status page, so make it reachable from there")
+    node.add_argument("--node-id", default="",
+                      help="name shown by the control plane; default: HOSTNAME-PID")
+    node.add_argument("--concurrency", type=int, default=2, help="Envoy worker threads")
+    node.add_argument("--usage-dir", type=Path, default=None,
+                      help="usage ledger directory; default: no ledger")
+    node.add_argument("--log-dir", type=Path, default=None,
+                      help="write Envoy's and ext_proc's logs here; default: this stderr")
+    node.add_argument("--log-level", default="info",
+                      choices=("debug", "info", "warning", "error"), help="ext_proc log level")
+    node.add_argument("--ready-timeout", type=float, default=60.0,
+                      help="seconds to wait for the node to serve before giving up")
+    node.set_defaults(func=_cmd_node)
 
     cp = sub.add_parser("control-plane", help="run only the control plane (a fleet's hub); "
                         "--help for its options", add_help=False)

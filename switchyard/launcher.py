@@ -60,15 +60,16 @@ def envoy_binary() -> str:
     return found
 
 
-def render_bootstrap(cfg: GatewayConfig, node_id: str, ext_proc_socket: Path | None = None
-                     ) -> str:
+def render_bootstrap(cfg: GatewayConfig, node_id: str, ext_proc_socket: Path | None = None,
+                     listen: str = "", status_url: str = "") -> str:
     endpoint = (f'{{pipe: {{path: "{ext_proc_socket}"}}}}' if ext_proc_socket else
                 f'{{socket_address: {{address: "{cfg.ext_proc.address}", '
                 f'port_value: {cfg.ext_proc.port}}}}}')
     return Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
         ext_proc_endpoint=endpoint,
         ext_proc_cluster=EXT_PROC_CLUSTER, xds_cluster=XDS_CLUSTER,
-        node_id=node_id,
+        node_id=node_id, listen=listen,
+        status_url=status_url or f"http://{cfg.ext_proc.address}:{cfg.ext_proc.metrics_port}",
         admin_address=cfg.admin.address, admin_port=cfg.admin.port,
         xds_address=cfg.control_plane.address, xds_port=cfg.control_plane.port,
     )
@@ -147,7 +148,8 @@ class Gateway:
         self._spawn("control_plane", [
             py, "-m", "control_plane.server", "--config", str(self.config_path),
             "--address", cfg.control_plane.address, "--port", str(cfg.control_plane.port),
-            "--log-level", self.log_level])
+            "--status-address", cfg.control_plane.status_address,
+            "--status-port", str(cfg.control_plane.status_port), "--log-level", self.log_level])
         socket = self.workdir / "ext_proc.sock" if cfg.ext_proc.unix_socket else None
         self._spawn("ext_proc", [
             py, "-m", "ext_proc.server", "--address", cfg.ext_proc.address,

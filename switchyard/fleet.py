@@ -1,0 +1,134 @@
+"""A fleet node: Envoy + ext_proc on one machine, fed by a remote control plane.
+
+`switchyard node --control-plane HOST:PORT` runs one; N of them share one control plane (and
+one Redis, when the config sets `shared_state.redis`). The node needs no config file: Envoy
+gets listeners, routes and clusters over ADS, ext_proc the routing table (with limits and the
+Redis URL) over the RoutingTable stream. Node-local settings are flags: the listener address
+(`--listen`, sent to the control plane in Envoy's node metadata, so nodes sharing a host or a
+config bind their own), Envoy admin, ext_proc metrics, the usage ledger directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+from typing import IO
+
+from control_plane.compile import EXT_PROC_CLUSTER, XDS_CLUSTER
+from switchyard.launcher import BOOTSTRAP_TEMPLATE, die_with_parent, envoy_binary
+
+
+def host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return default_host, int(text)
+    return host or default_host, int(port)
+
+
+@dataclass
+class Node:
+    control_plane: str
+    listen: str = ""
+    admin: str = "127.0.0.1:9901"
+    metrics: str = "127.0.0.1:9464"
+    node_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    concurrency: int = 2
+    usage_dir: Path | None = None
+    log_dir: Path | None = None
+    log_level: str = "info"
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _files: list[IO[bytes]] = field(default_factory=list)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="switchyard-node-")))
+
+    @property
+    def status_url(self) -> str:
+        host, port = host_port(self.metrics)
+        return f"http://{host}:{port}"
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        out: int | IO[bytes] | None = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            f = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop())
+            self._files.append(f)
+            out = f
+        self.procs[name] = subprocess.Popen(
+            args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+
+    def start(self) -> None:
+        sock = self.workdir / "ext_proc.sock"
+        m_host, m_port = host_port(self.metrics)
+        a_host, a_port = host_port(self.admin)
+        cp_host, cp_port = host_port(self.control_plane)
+        self._spawn("ext_proc", [
+            sys.executable, "-m", "ext_proc.server", "--address", m_host, "--port", "0",
+            "--unix-socket", str(sock), "--control-plane", f"{cp_host}:{cp_port}",
+            "--metrics-port", str(m_port), "--node-id", self.node_id,
+            "--envoy-admin", f"http://{a_host}:{a_port}", "--log-level", self.log_level,
+            *(["--usage-dir", str(self.usage_dir)] if self.usage_dir else [])])
+        bootstrap = self.workdir / "envoy.yaml"
+        bootstrap.write_text(Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
+            ext_proc_endpoint=f'{{pipe: {{path: "{sock}"}}}}', ext_proc_cluster=EXT_PROC_CLUSTER,
+            xds_cluster=XDS_CLUSTER, node_id=self.node_id,
+            listen=(":".join(map(str, host_port(self.listen))) if self.listen else ""),
+            status_url=self.status_url, admin_address=a_host, admin_port=a_port,
+            xds_address=socket.gethostbyname(cp_host), xds_port=cp_port))
+        self._spawn("envoy", [
+            envoy_binary(), "-c", str(bootstrap), "--concurrency", str(self.concurrency),
+            "--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "5"])
+
+    def _ok(self, url: str) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return int(r.status) == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        a_host, a_port = host_port(self.admin)
+        checks = {"envoy": f"http://{a_host}:{a_port}/ready",
+                  "ext_proc": f"{self.status_url}/healthz"}
+        if self.listen:
+            host, port = host_port(self.listen)
+            checks["listener"] = f"http://{host}:{port}/v1/models"
+        deadline = time.monotonic() + timeout
+        while checks:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"node {self.node_id}: {name} exited with code "
+                                       f"{proc.returncode} during startup")
+            checks = {k: u for k, u in checks.items() if not self._ok(u)}
+            if checks and time.monotonic() > deadline:
+                raise TimeoutError(f"node {self.node_id} not ready after {timeout}s: waiting "
+                                   f"for {', '.join(checks)}")
+            if checks:
+                time.sleep(0.1)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for name in ("envoy", "ext_proc"):
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for f in self._files:
+            with contextlib.suppress(OSError):
+                f.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
