@@ -19,12 +19,11 @@ from ext_proc.auth.sigv4 import sign
 from ext_proc.providers.bedrock import BedrockProvider
 from ext_proc.table import BackendInfo, ProviderInfo
 from ext_proc.translate import bedrock
-from sim.common import SimOptions
 from sim.server import SimRunner, start_sim
 from switchyard.framing.eventstream import EventStreamDecoder
 from switchyard.framing.sse import SSEParser
+from tests.sim.conftest import FAST
 
-FAST = SimOptions(ttft_ms=0, tokens_per_s=0)
 MODEL = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 TOOLS = {"tools": [
     {"toolSpec": {"name": "search", "description": "Search", "inputSchema": {"json": {
@@ -42,10 +41,9 @@ async def sim() -> AsyncIterator[SimRunner]:
 
 
 @pytest.fixture(autouse=True)
-def _reset(sim: SimRunner) -> None:
-    sim.state.set_options(sim.state.initial_options)
+def _no_key(sim: SimRunner) -> None:
+    """Options and records are reset by the shared conftest; some tests also set a key."""
     sim.state.require_key = None
-    sim.state.clear_records()
 
 
 def client(runner: SimRunner, key: str = "AKIDTEST") -> Any:

@@ -21,10 +21,9 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from sim.common import SimOptions
 from sim.server import SimRunner, start_sim
+from tests.sim.conftest import FAST
 
-FAST = SimOptions(ttft_ms=0, tokens_per_s=0)
 KEY = "sk-test-key"
 AZURE_KEY = "az-test-key"
 API_VERSION = "2024-10-21"
@@ -79,14 +78,6 @@ def sims() -> Iterator[dict[str, SimRunner]]:
         }
     finally:
         st.close()
-
-
-@pytest.fixture(autouse=True)
-def _reset(request: pytest.FixtureRequest) -> None:
-    if "sims" in request.fixturenames:
-        for runner in request.getfixturevalue("sims").values():
-            runner.state.set_options(runner.state.initial_options)
-            runner.state.clear_records()
 
 
 @pytest.fixture

@@ -21,11 +21,10 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ext_proc.translate import gemini as tr
 from ext_proc.translate.canonical import usage_from
-from sim.common import SimOptions
 from sim.gemini import embedding, fake_service_account
 from sim.server import SimRunner, start_sim
+from tests.sim.conftest import FAST
 
-FAST = SimOptions(ttft_ms=0, tokens_per_s=0)
 KEY = "gm-test-key"
 MODEL = "gemini-2.5-flash"
 GEN = f"/v1beta/models/{MODEL}:generateContent"
@@ -62,14 +61,6 @@ async def vtx_sim() -> AsyncIterator[SimRunner]:
     yield runner
     await runner.cleanup()
 
-
-@pytest.fixture(autouse=True)
-def _reset(request: pytest.FixtureRequest) -> None:
-    for name in ("gem_sim", "vtx_sim"):
-        if name in request.fixturenames:
-            runner: SimRunner = request.getfixturevalue(name)
-            runner.state.set_options(runner.state.initial_options)
-            runner.state.clear_records()
 
 
 def gem_http(runner: SimRunner, **kw: Any) -> httpx.AsyncClient:

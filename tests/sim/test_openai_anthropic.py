@@ -19,8 +19,8 @@ from ext_proc.translate import anthropic as to_anthropic
 from ext_proc.translate import anthropic_messages as ingress
 from sim.common import SimOptions
 from sim.server import SimRunner, create_app, start_sim
+from tests.sim.conftest import FAST
 
-FAST = SimOptions(ttft_ms=0, tokens_per_s=0)
 KEY = "sk-test-key"
 USER_TEXT = "please tell me a story about a lighthouse keeper and his cat"
 
@@ -53,15 +53,6 @@ async def ant_sim() -> AsyncIterator[SimRunner]:
     yield runner
     await runner.cleanup()
 
-
-@pytest.fixture(autouse=True)
-def _reset(request: pytest.FixtureRequest) -> None:
-    """Each test starts with default options and an empty record."""
-    for name in ("oai_sim", "ant_sim"):
-        if name in request.fixturenames:
-            runner: SimRunner = request.getfixturevalue(name)
-            runner.state.set_options(runner.state.initial_options)
-            runner.state.clear_records()
 
 
 def oai_client(runner: SimRunner, timeout: float = 30.0) -> openai.AsyncOpenAI:
