@@ -524,6 +524,9 @@ class ExtProcSettings(_Strict):
     #: Envoy <-> ext_proc over a Unix socket (ext_proc runs beside Envoy); `false` uses TCP on
     #: address:port (an ext_proc fleet on other hosts).
     unix_socket: bool = True
+    #: Concurrent gRPC streams Envoy may open to ext_proc (the ext_proc cluster's circuit
+    #: breakers; each request is one route-phase stream plus one per attempt).
+    max_streams: int = Field(default=20_000, ge=1)
 
 
 class ControlPlaneSettings(_Strict):
@@ -553,6 +556,12 @@ class Limits(_Strict):
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     #: Whole-request timeout (streams included).
     request_timeout_s: float = Field(default=600.0, gt=0)
+    #: Downstream connections one Envoy accepts (listener connection limit and the overload
+    #: manager's global cap): a flood cannot exhaust file descriptors or memory.
+    max_connections: int = Field(default=10_000, ge=1)
+    #: Envoy's heap budget: past 90% it shrinks its heap, past 95% it stops accepting new
+    #: requests (overload manager) instead of growing until the OOM killer.
+    max_heap_mb: int = Field(default=4096, ge=64)
 
 
 class GatewayConfig(_Strict):

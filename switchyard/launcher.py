@@ -24,6 +24,7 @@ from string import Template
 from typing import IO
 
 from control_plane.compile import EXT_PROC_CLUSTER, XDS_CLUSTER
+from control_plane.compile.names import LISTENER_NAME
 from control_plane.config import GatewayConfig, load_config
 
 BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
@@ -72,6 +73,9 @@ def render_bootstrap(cfg: GatewayConfig, node_id: str, ext_proc_socket: Path | N
         status_url=status_url or f"http://{cfg.ext_proc.address}:{cfg.ext_proc.metrics_port}",
         admin_address=cfg.admin.address, admin_port=cfg.admin.port,
         xds_address=cfg.control_plane.address, xds_port=cfg.control_plane.port,
+        max_connections=cfg.limits.max_connections, listener_name=LISTENER_NAME,
+        max_heap_bytes=cfg.limits.max_heap_mb * 1024 * 1024,
+        ext_proc_max_streams=cfg.ext_proc.max_streams,
     )
 
 
