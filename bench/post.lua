@@ -7,6 +7,9 @@ wrk.method = "POST"
 wrk.body = file:read("*a")
 file:close()
 wrk.headers["Content-Type"] = "application/json"
+-- bench/admission.py: the caller key of a configured tenant.
+local key = os.getenv("SWITCHYARD_BENCH_KEY")
+if key then wrk.headers["Authorization"] = "Bearer " .. key end
 
 function done(summary, latency, requests)
   local e = summary.errors
