@@ -29,7 +29,7 @@ from ext_proc.table import BackendInfo, ModelInfo, ProviderInfo, Routes, Routing
 
 _P = ProviderInfo(name="p", kind="openai", authority=b"h", path_prefix="", api_key="",
                   headers=(), options={})
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parents[3] / "data"
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
 
 

@@ -20,7 +20,7 @@ from switchyard.capacity.sizing import (
 )
 from switchyard.replay.trace import read_trace
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TRACE = ROOT.parent / "shared" / "traces" / "azure_llm_conv_2023.csv"
 PROF = Profile(prefill_tokens_per_s=10000, tpot_base_ms=10, tpot_per_seq_ms=0.5,
                max_num_seqs=64)

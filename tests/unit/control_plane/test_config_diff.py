@@ -13,7 +13,7 @@ import pytest
 from control_plane.config import load_config
 from switchyard.config_diff import diff_configs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = Path("config/examples/diff")
 GOLDEN = ROOT / "tests" / "data" / "diff"
 

@@ -13,7 +13,7 @@ from ext_proc.translate.canonical import Usage
 from ext_proc.usage import account
 from ext_proc.usage.record import UsageRecord
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy/grafana/dashboards/switchyard-genai.json"
+DASHBOARD = Path(__file__).resolve().parents[4] / "deploy/grafana/dashboards/switchyard-genai.json"
 
 
 def _value(name: str, labels: dict[str, str]) -> float:

@@ -23,7 +23,7 @@ from switchyard.replay.trace import (
     window,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 AZURE = ROOT.parent / "shared" / "traces" / "azure_llm_conv_2023.csv"
 ROUTING = ROOT / "config" / "examples" / "routing.yaml"
 needs_trace = pytest.mark.skipif(not AZURE.exists(), reason="shared/traces not present")
