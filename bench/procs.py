@@ -16,9 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-# Shared with the gateway launcher; re-exported for the other bench modules.
-from switchyard.launcher import die_with_parent as die_with_parent
 from switchyard.launcher import free_ports as free_ports
+
+# Shared with the gateway launcher; re-exported for the other bench modules.
+from switchyard.processes import die_with_parent as die_with_parent
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -7,11 +7,11 @@ import argparse
 import asyncio
 import signal
 import sys
-import time
 from pathlib import Path
 
 from control_plane.config import ConfigError, default_config_path, load_config
 from switchyard.helpfmt import HelpFormatter
+from switchyard.processes import watch
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -72,13 +72,7 @@ messages=[{{'role': 'user', 'content': 'Hi'}}]).choices[0].message.content)"
 
 Edit the config file to add models (hot-reloaded). Ctrl-C stops everything.
 """, file=sys.stderr, flush=True)
-        while not stop:
-            for name, proc in gateway.procs.items():
-                if proc.poll() is not None:
-                    print(f"error: {name} exited with code {proc.returncode}", file=sys.stderr)
-                    return 1
-            time.sleep(0.2)
-        return 0
+        return watch(gateway.procs, lambda: stop)
     except (TimeoutError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -159,13 +153,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         print(f"Switchyard node {node.node_id} is up (control plane {args.control_plane}, "
               f"listener {args.listen or 'from the config'}, metrics {node.status_url})",
               file=sys.stderr, flush=True)
-        while not stop:
-            for name, proc in node.procs.items():
-                if proc.poll() is not None:
-                    print(f"error: {name} exited with code {proc.returncode}", file=sys.stderr)
-                    return 1
-            time.sleep(0.2)
-        return 0
+        return watch(node.procs, lambda: stop)
     except (TimeoutError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -10,10 +10,8 @@ config bind their own), Envoy admin, ext_proc metrics, the usage ledger director
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +25,8 @@ from string import Template
 from typing import IO
 
 from control_plane.compile import EXT_PROC_CLUSTER, XDS_CLUSTER
-from switchyard.launcher import BOOTSTRAP_TEMPLATE, die_with_parent, envoy_binary
+from switchyard.launcher import BOOTSTRAP_TEMPLATE, envoy_binary
+from switchyard.processes import Children
 
 
 def host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -38,7 +37,7 @@ def host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
 
 
 @dataclass
-class Node:
+class Node(Children):
     control_plane: str
     listen: str = ""
     admin: str = "127.0.0.1:9901"
@@ -56,16 +55,6 @@ class Node:
     def status_url(self) -> str:
         host, port = host_port(self.metrics)
         return f"http://{host}:{port}"
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        out: int | IO[bytes] | None = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            f = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop())
-            self._files.append(f)
-            out = f
-        self.procs[name] = subprocess.Popen(
-            args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def start(self) -> None:
         sock = self.workdir / "ext_proc.sock"
@@ -117,18 +106,5 @@ class Node:
                 time.sleep(0.1)
 
     def stop(self, timeout: float = 5.0) -> None:
-        for name in ("envoy", "ext_proc"):
-            proc = self.procs.get(name)
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for f in self._files:
-            with contextlib.suppress(OSError):
-                f.close()
+        self._stop_children(["envoy", "ext_proc"], timeout)
         shutil.rmtree(self.workdir, ignore_errors=True)

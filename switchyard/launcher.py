@@ -6,11 +6,8 @@ Every child gets PR_SET_PDEATHSIG, so even a SIGKILLed parent leaves no orphans.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,17 +23,9 @@ from typing import IO
 from control_plane.compile import EXT_PROC_CLUSTER, XDS_CLUSTER
 from control_plane.compile.names import LISTENER_NAME
 from control_plane.config import GatewayConfig, load_config
+from switchyard.processes import Children
 
 BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """preexec_fn (runs in the child between fork and exec): SIGTERM when the parent dies."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def free_ports(n: int) -> list[int]:
     """n distinct free loopback ports (bound together so they cannot repeat)."""
     socks = []
@@ -102,7 +91,7 @@ def ledger_args(cfg: GatewayConfig, directory: Path | None) -> list[str]:
 
 
 @dataclass
-class Gateway:
+class Gateway(Children):
     """A running gateway. `log_dir=None` sends children's logs to this process's stderr."""
 
     config_path: Path
@@ -132,16 +121,6 @@ class Gateway:
     def ledger_dir(self) -> Path | None:
         """Where ext_proc appends the usage ledger (None: the ledger is off)."""
         return ledger_dir(self.cfg, self.config_path, self.log_dir)
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        out: int | IO[bytes] | None = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            f = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop())
-            self._files.append(f)
-            out = f
-        self.procs[name] = subprocess.Popen(
-            args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
 
     def start(self) -> None:
         py = sys.executable
@@ -219,19 +198,5 @@ class Gateway:
         return f" (log {path}):\n{tail}"
 
     def stop(self, timeout: float = 5.0) -> None:
-        # Envoy first (stops taking traffic), then the Python processes.
-        order = ["envoy", "ext_proc", "control_plane", "sim"]
-        for name in order:
-            proc = self.procs.get(name)
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for f in self._files:
-            f.close()
+        self._stop_children(["envoy", "ext_proc", "control_plane", "sim"], timeout)
         shutil.rmtree(self.workdir, ignore_errors=True)

@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from switchyard.fleet import Node
-from switchyard.launcher import die_with_parent, free_ports
+from switchyard.launcher import free_ports
+from switchyard.processes import die_with_parent
 from tests.integration.conftest import render_config, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
