@@ -25,8 +25,12 @@ from string import Template
 from typing import IO
 
 from control_plane.compile import EXT_PROC_CLUSTER, XDS_CLUSTER
+from control_plane.compile.names import LISTENER_NAME
+from control_plane.config import ExtProcSettings, Limits
 from switchyard.launcher import BOOTSTRAP_TEMPLATE, envoy_binary
 from switchyard.processes import Children
+
+_LIMITS = Limits()
 
 
 def host_port(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
@@ -73,7 +77,11 @@ class Node(Children):
             xds_cluster=XDS_CLUSTER, node_id=self.node_id,
             listen=(":".join(map(str, host_port(self.listen))) if self.listen else ""),
             status_url=self.status_url, admin_address=a_host, admin_port=a_port,
-            xds_address=socket.gethostbyname(cp_host), xds_port=cp_port))
+            xds_address=socket.gethostbyname(cp_host), xds_port=cp_port,
+            # Node-local protections: the config's defaults (the node has no config file).
+            max_connections=_LIMITS.max_connections, listener_name=LISTENER_NAME,
+            max_heap_bytes=_LIMITS.max_heap_mb * 1024 * 1024,
+            ext_proc_max_streams=ExtProcSettings().max_streams))
         self._spawn("envoy", [
             envoy_binary(), "-c", str(bootstrap), "--concurrency", str(self.concurrency),
             "--disable-hot-restart", "--log-level", "warn", "--drain-time-s", "5"])
