@@ -423,11 +423,12 @@ def _fleet_load(f: Fleet, duration: float, events: dict[float, Any] | None = Non
 def test_two_replicas_hold_one_tenant_limit_within_5_percent(fleet: Fleet) -> None:
     """2x load split over two replicas sharing Redis admits the fleet limit, not 2x it.
 
-    The issue asks for 60 s; this runs 24 s of load (the first 4 s settle after the drain)
-    to stay well inside a CI minute on 2 cores; the window still holds ~200 admissions."""
+    The issue asks for 60 s; this runs 24 s of load (the first 8 s settle after the drain:
+    on a loaded 2-core machine the replicas' shares took up to ~6 s to converge after the
+    drain's burst) to stay inside a CI minute; the window still holds ~160 admissions."""
     _fleet_ready(fleet)
     results, t0 = _fleet_load(fleet, 24.0)
-    lo, hi = t0 + 4, t0 + 24
+    lo, hi = t0 + 8, t0 + 24
     got = _admitted(results, lo, hi)
     want = FLEET_RATE * (hi - lo)
     per = [_admitted(results, lo, hi, f"r{i}") for i in range(2)]
