@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -460,10 +461,16 @@ def run(args: argparse.Namespace, log_dir: Path) -> tuple[list[TargetResult], in
 
 
 def _kept_sections(path: Path) -> str:
-    """Sections other benchmarks wrote into `path` (bench/failover.py's), to keep on rewrite."""
+    """Sections other benchmarks (and the change log) wrote into `path`, between
+    `<!-- bench.NAME: begin -->` and `<!-- bench.NAME: end -->`: kept on rewrite."""
     text = path.read_text() if path.exists() else ""
-    start, end = text.find(FAILOVER_BEGIN), text.find(FAILOVER_END)
-    return "\n" + text[start:end + len(FAILOVER_END)] + "\n" if 0 <= start < end else ""
+    kept = []
+    for m in re.finditer(r"<!-- bench\.([a-z_]+): begin -->", text):
+        end_marker = f"<!-- bench.{m.group(1)}: end -->"
+        end = text.find(end_marker, m.end())
+        if end > 0:
+            kept.append(text[m.start():end + len(end_marker)])
+    return "".join("\n" + k + "\n" for k in kept)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("switchyard.status")
 
 POLL_S = 1.0
+#: Nodes are polled only while the status was read this recently.
+WATCHED_S = 30.0
 _SHORT = {"Cluster": "clusters", "Listener": "listeners", "RouteConfiguration": "routes",
           "RoutingTable": "routing_table"}
 
@@ -82,6 +84,9 @@ class FleetStatus:
         self.cp = cp
         #: status_url -> last poll ({"metrics", "healthz", "limits", "at"} or {"error"}).
         self.polled: dict[str, dict[str, Any]] = {}
+        #: When the page or the API was last read (monotonic; -inf: never).
+        self.viewed_at = float("-inf")
+        self._session: aiohttp.ClientSession | None = None
 
     # -- polling the nodes ---------------------------------------------------------------------
     def _status_urls(self) -> set[str]:
@@ -89,14 +94,31 @@ class FleetStatus:
                 if n.metadata.get("status_url")}
 
     async def poll_forever(self) -> None:
+        """Poll the nodes every POLL_S while someone looks (the page or the API was read in
+        the last WATCHED_S): an unwatched fleet costs its nodes nothing."""
         timeout = aiohttp.ClientTimeout(total=2)
         async with aiohttp.ClientSession(timeout=timeout) as session:
+            self._session = session
             while True:
-                urls = self._status_urls()
-                await asyncio.gather(*(self._poll(session, u) for u in urls))
-                for gone in set(self.polled) - urls:
-                    del self.polled[gone]
+                if time.monotonic() - self.viewed_at < WATCHED_S:
+                    await self.refresh()
                 await asyncio.sleep(POLL_S)
+
+    async def refresh(self) -> None:
+        session = self._session
+        if session is None:
+            return
+        urls = self._status_urls()
+        await asyncio.gather(*(self._poll(session, u) for u in urls))
+        for gone in set(self.polled) - urls:
+            del self.polled[gone]
+
+    async def viewed(self) -> None:
+        """A reader arrived: after a quiet spell, fetch fresh data before answering."""
+        idle = time.monotonic() - self.viewed_at >= WATCHED_S
+        self.viewed_at = time.monotonic()
+        if idle:
+            await self.refresh()
 
     async def _poll(self, session: aiohttp.ClientSession, url: str) -> None:
         try:
@@ -205,6 +227,7 @@ async def start_status(cp: ControlPlane, address: str, port: int) -> web.AppRunn
         return web.Response(body=page, content_type="text/html")
 
     async def fleet(_: web.Request) -> web.Response:
+        await status.viewed()
         return web.json_response(status.fleet())
 
     tasks: list[asyncio.Task[None]] = []
