@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 
+import orjson
 import structlog
 
 from ext_proc.ingress import Ingress
@@ -217,6 +218,20 @@ class EnvoyReply:
         if self.status < 400:
             return body
         if body[:1] == b"{":
-            return body  # already JSON (our own direct responses)
+            return self._in_schema(body)
         text = body.decode("utf-8", "replace")[:300] or f"HTTP {self.status}"
         return self.ingress.local_error(self.status, text)
+
+    def _in_schema(self, body: bytes) -> bytes:
+        """Envoy's JSON replies (the 413 mapper, direct responses) are in the OpenAI error
+        schema: an Anthropic client gets the same error in its own schema."""
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+        err = obj.get("error") if isinstance(obj, dict) else None
+        if not isinstance(err, dict) or "type" in obj:  # not OpenAI's shape (already ours)
+            return body
+        return self.ingress.error(str(err.get("message") or f"HTTP {self.status}"),
+                                  str(err.get("type") or "api_error"), err.get("code"),
+                                  err.get("param"))

@@ -26,6 +26,7 @@ admin: {{address: 127.0.0.1, port: {p['admin']}}}
 control_plane: {{address: 127.0.0.1, port: {p['xds']}}}
 ext_proc: {{address: 127.0.0.1, port: {p['ext_proc']}, metrics_port: {p['metrics']}}}
 envoy_concurrency: 1
+limits: {{max_request_bytes: 262144}}
 providers:
   claude: {{kind: anthropic, base_url: "http://127.0.0.1:{p['claude']}", {sim}}}
   spare: {{kind: openai, base_url: "http://127.0.0.1:{p['spare']}", {sim}}}
@@ -288,3 +289,14 @@ def test_wrong_method_on_an_api_path_is_405(pipe: Pipeline) -> None:
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert r.json()["error"]["code"] == "method_not_allowed"
     assert httpx.get(pipe.url + "/v1/nope").status_code == 404
+
+
+def test_too_large_body_answers_in_the_callers_schema(pipe: Pipeline) -> None:
+    big = {"model": "mal-claude", "max_tokens": 5,
+           "messages": [{"role": "user", "content": "x" * 300_000}]}
+    r = httpx.post(pipe.url + "/v1/messages", json=big, timeout=20)
+    assert r.status_code == 413
+    assert r.json() == {"type": "error", "error": {"type": "invalid_request_error",
+                                                   "message": "Request body too large"}}
+    r = httpx.post(pipe.url + "/v1/chat/completions", json=big, timeout=20)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
