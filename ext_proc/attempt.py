@@ -52,8 +52,9 @@ def resolve(st: RequestState | None, cluster: str, routes: Routes
     """The backend an attempt to `cluster` goes to (a hedge cluster's is resolved by the
     caller from endpoint metadata first)."""
     if st is None:
-        return None, Reject(500, "Request state not found for this attempt", "api_error",
-                            "internal_error")
+        # This process did not route the request (it restarted in between): retryable.
+        return None, Reject(503, "Request state not found for this attempt; retry", "api_error",
+                            "unavailable", headers=(("retry-after", "1"),))
     backend = next((b for b in st.candidates if b.cluster == cluster), None)
     if backend is None:
         backend = routes.clusters.get(cluster)

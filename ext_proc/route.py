@@ -164,7 +164,7 @@ def decide(ingress: Ingress, req: Parsed, routes: Routes | None, health: Backend
     orders the candidates; without, the configured order with unhealthy backends last."""
     if routes is None:
         return Reject(503, "The gateway has no routing table yet; retry shortly", "api_error",
-                      "not_ready")
+                      "not_ready", headers=(("retry-after", "1"),))
     model = routes.models.get(req.alias)
     if model is None and ctx is not None:
         base, ctx.preset = split_preset(req.alias)

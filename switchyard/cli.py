@@ -11,7 +11,6 @@ from pathlib import Path
 
 from control_plane.config import ConfigError, default_config_path, load_config
 from switchyard.helpfmt import HelpFormatter
-from switchyard.processes import watch
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -72,7 +71,7 @@ messages=[{{'role': 'user', 'content': 'Hi'}}]).choices[0].message.content)"
 
 Edit the config file to add models (hot-reloaded). Ctrl-C stops everything.
 """, file=sys.stderr, flush=True)
-        return watch(gateway.procs, lambda: stop)
+        return gateway.supervise(lambda: stop)
     except (TimeoutError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -153,7 +152,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         print(f"Switchyard node {node.node_id} is up (control plane {args.control_plane}, "
               f"listener {args.listen or 'from the config'}, metrics {node.status_url})",
               file=sys.stderr, flush=True)
-        return watch(node.procs, lambda: stop)
+        return node.supervise(lambda: stop)
     except (TimeoutError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 their parent, stopped in a given order, watched until a signal (or a child's death) ends them.
 
 `switchyard.launcher.Gateway` (`switchyard up`) and `switchyard.fleet.Node` (`switchyard node`)
-share this, so both start, log and stop their children the same way.
+share this, so both start, log, restart and stop their children the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class Children:
     log_dir: Path | None
 
     def _spawn(self, name: str, args: list[str]) -> None:
+        self._specs()[name] = args
         out: int | IO[bytes] | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -61,12 +62,55 @@ class Children:
                 f.close()
 
 
-def watch(procs: dict[str, subprocess.Popen[bytes]], stopped: Callable[[], bool]) -> int:
-    """Block until `stopped()` (exit 0) or a child dies (exit 1, saying which)."""
-    while not stopped():
-        for name, proc in procs.items():
-            if proc.poll() is not None:
-                print(f"error: {name} exited with code {proc.returncode}", file=sys.stderr)
-                return 1
-        time.sleep(0.2)
-    return 0
+    def _specs(self) -> dict[str, list[str]]:
+        specs: dict[str, list[str]] | None = getattr(self, "_spawned", None)
+        if specs is None:
+            specs = {}
+            self._spawned = specs
+        return specs
+
+    def respawn(self, name: str) -> None:
+        """Start a dead child again with the arguments it was first started with."""
+        args = self._specs()[name]
+        if "--unix-socket" in args:  # a dead ext_proc leaves its socket file behind
+            with contextlib.suppress(OSError):
+                Path(args[args.index("--unix-socket") + 1]).unlink()
+        self._spawn(name, args)
+
+    def supervise(self, stopped: Callable[[], bool]) -> int:
+        """Keep every child alive until `stopped()` (exit 0): a dead child is restarted with
+        backoff and one log line; a child that keeps dying (crash loop) ends it (exit 1).
+
+        Envoy keeps its last config and ext_proc its last routing table while the control
+        plane is away, and a dead simulator is only a provider outage, so a restart of one
+        child never takes the others down."""
+        deaths: dict[str, list[float]] = {}
+        while not stopped():
+            for name, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in deaths.get(name, []) if now - t < CRASH_WINDOW_S] + [now]
+                deaths[name] = recent
+                if len(recent) > MAX_RESTARTS:
+                    print(f"error: {name} exited {len(recent)} times within {CRASH_WINDOW_S:.0f}"
+                          f" s (last exit code {code}); giving up", file=sys.stderr)
+                    return 1
+                delay = min(RESTART_MAX_S, RESTART_FIRST_S * 2 ** (len(recent) - 1))
+                print(f"switchyard: {name} exited with code {code}; restarting in {delay:.1f} s "
+                      f"({len(recent)} of {MAX_RESTARTS} within {CRASH_WINDOW_S:.0f} s)",
+                      file=sys.stderr, flush=True)
+                time.sleep(delay)
+                if stopped():
+                    break
+                self.respawn(name)
+            time.sleep(0.1)
+        return 0
+
+
+#: Restart backoff of a dead child (doubling) and when a crash loop makes `up` give up.
+RESTART_FIRST_S = 0.1
+RESTART_MAX_S = 2.0
+MAX_RESTARTS = 5
+CRASH_WINDOW_S = 60.0

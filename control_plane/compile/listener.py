@@ -54,6 +54,8 @@ def _listener(cfg: GatewayConfig) -> dict[str, Any]:
         },
     )
     too_large = error_json("Request body too large", "invalid_request_error", "request_too_large")
+    unavailable = error_json("The gateway is briefly unavailable (a component is restarting); "
+                             "retry shortly", "api_error", "unavailable")
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
                  "v3.HttpConnectionManager",
@@ -70,6 +72,17 @@ def _listener(cfg: GatewayConfig) -> dict[str, Any]:
             "filter": {"status_code_filter": {"comparison": {
                 "op": "EQ", "value": {"default_value": 413, "runtime_key": "sy.413"}}}},
             "body": {"inline_string": too_large},
+            "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                                     "content_type": "application/json"},
+        }, {
+            # Envoy's own 500s (ext_proc unreachable while it restarts; ext_proc itself never
+            # answers 500): a retryable 503 error object with retry-after, never an empty body.
+            "filter": {"status_code_filter": {"comparison": {
+                "op": "EQ", "value": {"default_value": 500, "runtime_key": "sy.500"}}}},
+            "status_code": 503,
+            "headers_to_add": [{"header": {"key": "retry-after", "value": "1"},
+                                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+            "body": {"inline_string": unavailable},
             "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
                                      "content_type": "application/json"},
         }]},
