@@ -581,9 +581,8 @@ class GatewayConfig(_Strict):
     shared_state: SharedState | None = None
     ledger: LedgerSettings = LedgerSettings()
 
-    @model_validator(mode="after")
-    def _ports(self) -> GatewayConfig:
-        """Every listener the gateway opens needs its own port (0: any free port)."""
+    def binds(self) -> list[tuple[tuple[str | int, ...], str, int]]:
+        """(config field, address, port) of every listener the gateway opens itself."""
         binds: list[tuple[tuple[str | int, ...], str, int]] = [
             (("listen", "port"), self.listen.address, self.listen.port),
             (("admin", "port"), self.admin.address, self.admin.port),
@@ -603,6 +602,12 @@ class GatewayConfig(_Strict):
                                   parts.port or 80))
             else:
                 binds.append((("providers", name, "base_url"), p.host, p.port))
+        return binds
+
+    @model_validator(mode="after")
+    def _ports(self) -> GatewayConfig:
+        """Every listener the gateway opens needs its own port (0: any free port)."""
+        binds = self.binds()
         seen: dict[int, tuple[tuple[str | int, ...], str]] = {}
         for loc, address, port in binds:
             if not port:

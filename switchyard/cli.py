@@ -54,7 +54,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    gateway.start()
+    try:
+        gateway.start()
+    except RuntimeError as exc:  # a port is taken: say which, at once
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         gateway.wait_ready(timeout=args.ready_timeout)
         model = next(iter(sorted(gateway.cfg.models)), "MODEL")

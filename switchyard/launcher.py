@@ -122,7 +122,29 @@ class Gateway(Children):
         """Where ext_proc appends the usage ledger (None: the ledger is off)."""
         return ledger_dir(self.cfg, self.config_path, self.log_dir)
 
+    def ports_in_use(self) -> list[str]:
+        """The gateway's own ports another process already listens on (status page aside: it
+        is optional and only logged when its port is taken)."""
+        taken = []
+        for loc, address, port in self.cfg.binds():
+            if not port or loc == ("control_plane", "status_port"):
+                continue
+            if loc[0] == "providers" and not self.with_sim:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((address or "127.0.0.1", port))
+                except OSError:
+                    field = ".".join(str(x) for x in loc)
+                    taken.append(f"port {port} ({field}) is in use")
+        return taken
+
     def start(self) -> None:
+        taken = self.ports_in_use()
+        if taken:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise RuntimeError("; ".join(taken))
         py = sys.executable
         cfg = self.cfg
         if self.with_sim and any(p.simulate for p in cfg.providers.values()):

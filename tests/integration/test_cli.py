@@ -90,3 +90,24 @@ def test_validate_reports_routes_and_errors(tmp_path: Path) -> None:
                          timeout=60)
     assert res.returncode == 1
     assert f"{bad}:6: models.m.backends[0].provider: unknown provider 'q'" in res.stderr
+
+
+def test_up_names_a_taken_port_at_once_and_leaves_nothing(tmp_path: Path) -> None:
+    import socket
+    import tempfile
+
+    names = ["listen", "admin", "xds", "ext_proc", "metrics", "openai", "anthropic"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    config = tmp_path / "gateway.yaml"
+    config.write_text(render_config(ports))
+    before = set(Path(tempfile.gettempdir()).glob("switchyard-*"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", ports["listen"]))
+        busy.listen()
+        t0 = time.monotonic()
+        out = subprocess.run([*SWITCHYARD, "up", "--config", str(config)], capture_output=True,
+                             text=True, timeout=60)
+    assert out.returncode == 1
+    assert time.monotonic() - t0 < 15  # at once, not after the ready timeout
+    assert f"port {ports['listen']} (listen.port) is in use" in out.stderr
+    assert set(Path(tempfile.gettempdir()).glob("switchyard-*")) <= before  # no work dir left
