@@ -556,6 +556,10 @@ class Limits(_Strict):
     max_request_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     #: Whole-request timeout (streams included).
     request_timeout_s: float = Field(default=600.0, gt=0)
+    #: A client must send its request headers within this, and the whole request (headers and
+    #: body) within `request_receive_timeout_s`: slow or stalled clients do not hold resources.
+    request_headers_timeout_s: float = Field(default=10.0, gt=0)
+    request_receive_timeout_s: float = Field(default=60.0, gt=0)
     #: Downstream connections one Envoy accepts (listener connection limit and the overload
     #: manager's global cap): a flood cannot exhaust file descriptors or memory.
     max_connections: int = Field(default=10_000, ge=1)

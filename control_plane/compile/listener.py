@@ -64,7 +64,9 @@ def _listener(cfg: GatewayConfig) -> dict[str, Any]:
         "use_remote_address": True,
         "normalize_path": True,
         "merge_slashes": True,
-        "request_timeout": "0s",
+        # Receiving the request: headers, then headers + body (not the response).
+        "request_headers_timeout": seconds(int(cfg.limits.request_headers_timeout_s * 1000)),
+        "request_timeout": seconds(int(cfg.limits.request_receive_timeout_s * 1000)),
         "stream_idle_timeout": f"{cfg.limits.request_timeout_s:.0f}s",
         "rds": {"route_config_name": ROUTE_CONFIG_NAME,
                 "config_source": {"ads": {}, "resource_api_version": "V3"}},

@@ -4,6 +4,7 @@ be translated reaches the client in its own schema, and usage prices cached inpu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ admin: {{address: 127.0.0.1, port: {p['admin']}}}
 control_plane: {{address: 127.0.0.1, port: {p['xds']}}}
 ext_proc: {{address: 127.0.0.1, port: {p['ext_proc']}, metrics_port: {p['metrics']}}}
 envoy_concurrency: 1
-limits: {{max_request_bytes: 262144}}
+limits: {{max_request_bytes: 262144, request_headers_timeout_s: 1, request_receive_timeout_s: 2}}
 providers:
   claude: {{kind: anthropic, base_url: "http://127.0.0.1:{p['claude']}", {sim}}}
   spare: {{kind: openai, base_url: "http://127.0.0.1:{p['spare']}", {sim}}}
@@ -300,3 +301,29 @@ def test_too_large_body_answers_in_the_callers_schema(pipe: Pipeline) -> None:
                                                    "message": "Request body too large"}}
     r = httpx.post(pipe.url + "/v1/chat/completions", json=big, timeout=20)
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def _slow(pipe: Pipeline, data: bytes, wait_s: float) -> tuple[bytes, float]:
+    import socket
+
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", pipe.ports["listen"]), timeout=wait_s) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+    return out, time.monotonic() - t0
+
+
+def test_slow_clients_are_cut_off_within_the_configured_timeouts(pipe: Pipeline) -> None:
+    """Headers that never finish, and a body shorter than its Content-Length, do not hold the
+    connection for the idle timeout (10 min): the configured 1 s / 2 s limits apply."""
+    _, took = _slow(pipe, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n", 8)
+    assert took < 4, took
+    _, took = _slow(pipe, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"model\"",
+                    8)
+    assert took < 5, took
