@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from control_plane.config import ConfigError, default_config_path, load_config
@@ -38,6 +40,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_signals() -> Callable[[], bool]:
+    """A predicate that turns true on SIGTERM or SIGINT (Ctrl-C): the supervisor's stop."""
+    flag = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: flag.set())
+    signal.signal(signal.SIGINT, lambda *_: flag.set())
+    return flag.is_set
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from switchyard.launcher import Gateway
 
@@ -46,14 +56,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    stop = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopped = _stop_on_signals()
     try:
         gateway.start()
     except RuntimeError as exc:  # a port is taken: say which, at once
@@ -75,7 +78,7 @@ messages=[{{'role': 'user', 'content': 'Hi'}}]).choices[0].message.content)"
 
 Edit the config file to add models (hot-reloaded). Ctrl-C stops everything.
 """, file=sys.stderr, flush=True)
-        return gateway.supervise(lambda: stop)
+        return gateway.supervise(stopped)
     except (TimeoutError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -142,21 +145,14 @@ def _cmd_node(args: argparse.Namespace) -> int:
                 concurrency=args.concurrency, log_level=args.log_level,
                 usage_dir=args.usage_dir, log_dir=args.log_dir,
                 **({"node_id": args.node_id} if args.node_id else {}))
-    stop = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stopped = _stop_on_signals()
     node.start()
     try:
         node.wait_ready(timeout=args.ready_timeout)
         print(f"Switchyard node {node.node_id} is up (control plane {args.control_plane}, "
               f"listener {args.listen or 'from the config'}, metrics {node.status_url})",
               file=sys.stderr, flush=True)
-        return node.supervise(lambda: stop)
+        return node.supervise(stopped)
     except (TimeoutError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
