@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +27,7 @@ from control_plane.compile import EXT_PROC_CLUSTER, XDS_CLUSTER
 from control_plane.compile.names import LISTENER_NAME
 from control_plane.config import ExtProcSettings, Limits
 from switchyard.launcher import BOOTSTRAP_TEMPLATE, envoy_binary
-from switchyard.processes import Children
+from switchyard.processes import Children, work_dir
 
 _LIMITS = Limits()
 
@@ -53,7 +52,7 @@ class Node(Children):
     log_level: str = "info"
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _files: list[IO[bytes]] = field(default_factory=list)
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="switchyard-node-")))
+    workdir: Path = field(default_factory=lambda: work_dir("node"))
 
     @property
     def status_url(self) -> str:

@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +22,7 @@ from typing import IO
 from control_plane.compile import EXT_PROC_CLUSTER, XDS_CLUSTER
 from control_plane.compile.names import LISTENER_NAME
 from control_plane.config import GatewayConfig, load_config
-from switchyard.processes import Children
+from switchyard.processes import Children, work_dir
 
 BOOTSTRAP_TEMPLATE = Path(__file__).resolve().parent.parent / "envoy" / "bootstrap.yaml"
 def free_ports(n: int) -> list[int]:
@@ -106,7 +105,7 @@ class Gateway(Children):
     def __post_init__(self) -> None:
         self.config_path = Path(self.config_path).resolve()
         self.cfg = load_config(self.config_path)
-        self.workdir = Path(tempfile.mkdtemp(prefix="switchyard-"))
+        self.workdir = work_dir("gateway")
 
     @property
     def url(self) -> str:

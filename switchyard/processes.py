@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,6 +27,18 @@ def die_with_parent() -> None:
     """preexec_fn (runs in the child between fork and exec): SIGTERM when the parent dies."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def work_dir(kind: str) -> Path:
+    """A fresh private directory for this process's children (sockets, generated configs),
+    named after its pid; directories of processes that died without cleaning up (kill -9)
+    are removed first."""
+    tmp = Path(tempfile.gettempdir())
+    for old in tmp.glob("switchyard-*-pid*"):
+        pid = old.name.rsplit("-pid", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"switchyard-{kind}-pid{os.getpid()}-"))
 
 
 class Children:
