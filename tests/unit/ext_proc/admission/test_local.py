@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import pytest
 
@@ -21,22 +20,7 @@ from ext_proc.admission.backpressure import Backpressure, parse_duration, parse_
 from ext_proc.admission.buckets import TokenBucket, go_duration
 from ext_proc.admission.estimate import DEFAULT_OUTPUT, MIN_SAMPLES, Estimator
 from ext_proc.admission.priorities import compile_priorities
-
-
-@dataclass(frozen=True)
-class P:
-    name: str
-
-
-@dataclass(frozen=True)
-class B:
-    cluster: str
-    provider: P
-
-
-OAI = B("openai.gpt-4o", P("openai"))
-AZ = B("azure.gpt-4o", P("azure"))
-ANT = B("anthropic.claude", P("anthropic"))
+from tests.unit.ext_proc.admission.candidates import ANT, AZ, OAI
 
 
 class Clock:

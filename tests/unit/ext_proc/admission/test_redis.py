@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 from ext_proc.admission import Admission, Admit, compile_admission
 from ext_proc.admission.redis_store import RedisStore
+from tests.unit.ext_proc.admission.candidates import OAI
 
 RPM = 12_000  # 200 per second
 RATE = RPM / 60
 INTERVAL = 0.05
 
 
-@dataclass(frozen=True)
-class P:
-    name: str
-
-
-@dataclass(frozen=True)
-class B:
-    cluster: str
-    provider: P
-
-
-OAI = B("openai.gpt-4o", P("openai"))
 CFG = compile_admission(tenants={"t": {"limits": {"rpm": RPM}}})
 
 
