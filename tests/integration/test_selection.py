@@ -116,12 +116,15 @@ def test_swap_moves_traffic_to_the_faster_within_15_s(gw: SelGateway) -> None:
     gw.options("a", ttft_ms=800)
     gw.options("b", ttft_ms=200)
     try:
-        _drive(gw, "lat", 10)
+        moving = _drive(gw, "lat", 10)
         window = _drive(gw, "lat", 5)  # seconds 10-15 after the swap
         share = sum(_backend(r) == "b/m-b" for r in window) / len(window)
         assert share >= 0.8, share
-        explored = [r for r in warm + window if "explore" in r.headers["x-switchyard-route"]]
-        assert 0.01 <= len(explored) / len(warm + window) <= 0.06
+        # The exploration share over all 20 s (~700 requests at explore 0.03): a sample of
+        # only the ~350 in `warm` + `window` missed the 1% floor by chance about 1 run in 100.
+        every = warm + moving + window
+        explored = [r for r in every if "explore" in r.headers["x-switchyard-route"]]
+        assert 0.01 <= len(explored) / len(every) <= 0.06, (len(explored), len(every))
     finally:
         gw.options("a", ttft_ms=200)
         gw.options("b", ttft_ms=800)
