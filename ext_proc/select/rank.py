@@ -16,7 +16,9 @@ walks (attempt k -> candidate k).
    Numeric keys get up to `TIE_JITTER` of random noise, so replicas holding the same stale
    statistics spread over near-equal backends instead of herding onto one.
 4. **Exploration**: with probability `explore` a random other healthy backend goes first, so
-   the statistics of the rest stay fresh and a recovered backend wins its traffic back.
+   the statistics of the rest stay fresh and a recovered backend wins its traffic back. A
+   backend predicted to miss the SLO is probed at most `SLO_PROBE_BUDGET` of the SLO's error
+   budget (1% of traffic at p95), so exploration alone cannot break the attainment target.
 
 A backend without statistics yet is predicted as good as the best known one (optimistic, so
 it gets tried). Plain data in and out: replay calls `rank_features` with trace features.
@@ -44,6 +46,9 @@ TIE_JITTER = 0.05
 QUALITY_SCALE = 10.0
 #: Default exploration of a preset (`ALIAS:fast`) when the model has no routing block.
 PRESET_EXPLORE = 0.02
+#: Share of the SLO's error budget (1 - percentile) that exploration may spend on backends
+#: predicted to miss the SLO: at p95, at most 1% of a model's traffic probes them.
+SLO_PROBE_BUDGET = 0.2
 
 _TIER1 = frozenset({"slo_ttft", "slo_tpot", "price", "quality"})
 
@@ -269,8 +274,11 @@ def _ranked(policy: RoutingPolicy, backends: tuple[BackendInfo, ...], f: Feature
         others = [k for k in range(1, n) if _tier(reasons[order[k]]) < 2]
         if others:
             k = others[rng.randrange(len(others))]
-            order.insert(0, order.pop(k))
-            explored = True
+            probe = SLO_PROBE_BUDGET * (1.0 - pct / 100.0)
+            if (reasons[order[k]] not in ("slo_ttft", "slo_tpot")
+                    or rng.random() * policy.explore < probe):
+                order.insert(0, order.pop(k))
+                explored = True
     cands = tuple(backends[i] for i in order)
     scored = tuple(Scored(backends[i], costs[i], ttft50[i], ttft_pq[i], qual[i], reasons[i])
                    for i in order)

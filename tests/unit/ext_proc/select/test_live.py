@@ -189,6 +189,21 @@ def test_slo_picks_the_cheapest_that_meets_it_else_best_available() -> None:
     assert sel.candidates[0].cluster == "cheap_slow"
 
 
+def test_exploration_spends_at_most_a_fifth_of_the_slo_error_budget() -> None:
+    """explore 0.2 would send 10% to the backend that misses the SLO (half of the explored
+    share); the probe budget caps it at 0.2 x 5% = 1% (here 0.5%: it is drawn one time in
+    two) while the other still gets ~10%."""
+    s = _sel(seed=7)
+    _feed(s, "slow", 900, 0.0)
+    _feed(s, "mid", 300, 0.0)
+    _feed(s, "fast", 100, 0.0)
+    m = _m(_b("slow", 0.1, 0.1), _b("mid", 1, 1), _b("fast", 5, 5),
+           policy=RoutingPolicy(strategy="cost", slo_ttft_ms=500, explore=0.2))
+    firsts = [rank(m, CHAT, s.context(1.0)).candidates[0].cluster for _ in range(20000)]
+    assert 0.0025 <= firsts.count("slow") / len(firsts) <= 0.01
+    assert 0.08 <= firsts.count("fast") / len(firsts) <= 0.12
+
+
 def test_price_cap_headroom_and_unhealthy_go_last() -> None:
     s = _sel()
     m = _m(_b("dear", 50, 50), _b("cheap", 1, 1), _b("quota", 1, 1),
