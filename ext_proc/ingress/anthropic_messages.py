@@ -27,6 +27,11 @@ class AnthropicMessages:
     name = "anthropic_messages"
 
     def error(self, message: str, type_: str, code: str | None, param: str | None) -> bytes:
+        """The Messages error object has no `param` member, so the field goes in front of the
+        message as the Messages API itself writes it (`messages.0.content: Field required`):
+        without it a client could not tell which field was wrong."""
+        if param and not message.startswith(param):
+            message = f"{param}: {message}"
         return messages.error_body(message, _TYPES.get(type_, type_))
 
     def stream_error(self, message: str, type_: str, code: str | None) -> bytes:
