@@ -351,6 +351,9 @@ class BedrockProvider(Provider):
         delay = self.state.options.first_token_ms
         if delay > 0:
             await asyncio.sleep(delay / 1000.0)
+        garbled = self.garbled(obj)
+        if garbled is not None:
+            return garbled
         return json_response(obj, headers={"x-amzn-RequestId": self.state.new_id()})
 
     def _check_auth(self, request: web.Request) -> web.Response | None:

@@ -79,6 +79,12 @@ class SimOptions:
     # Answer 200 with a body nobody can parse (broken JSON; for streams one broken event
     # after the first), like a provider or middlebox that garbles its answer.
     malformed: bool = False
+    # Fraction of successful generation answers mangled on the way out (`garble`): a bit
+    # flip, a cut, garbage bytes or a lost frame separator in the body (streams: in one event,
+    # after which the stream may end), sometimes under a wrong Content-Type. Seeded by
+    # `garble_seed` so a fuzz run can be repeated; for fuzzing the gateway's response path.
+    garble_rate: float = 0.0
+    garble_seed: int = 0
     # Usage reports this many prompt tokens as read from a prompt cache, and this many of the
     # completion tokens as reasoning (OpenAI wire format), to test pricing of both.
     cached_tokens: int = 0
@@ -99,6 +105,7 @@ class SimOptions:
         checks = (
             (self.ttft_ms >= 0, "ttft_ms must be >= 0"),
             (0.0 <= self.error_rate <= 1.0, "error_rate must be in [0, 1]"),
+            (0.0 <= self.garble_rate <= 1.0, "garble_rate must be in [0, 1]"),
             (400 <= self.error_status <= 599, "error_status must be in [400, 599]"),
             (self.retry_after_s >= 0, "retry_after_s must be >= 0"),
             (
@@ -200,6 +207,8 @@ class SimState:
         self.closing = False
         self.hanging = 0
         self.quota = Quota(options.rpm, options.tpm)
+        #: Draws of the `garble_rate` fault (reseeded when `garble_seed` changes).
+        self.garbler = random.Random(options.garble_seed)
         #: vLLM kind: the engine model's settings (sim.vllm_engine.EngineConfig); None: the
         #: fixed ttft_ms / tokens_per_s timing.
         self.engine_cfg: Any = None
@@ -212,6 +221,8 @@ class SimState:
             self._records = deque(self._records, maxlen=options.record_limit)
         if (options.rpm, options.tpm) != (self.options.rpm, self.options.tpm):
             self.quota = Quota(options.rpm, options.tpm)
+        if options.garble_seed != self.options.garble_seed:
+            self.garbler = random.Random(options.garble_seed)
         self.options = options
 
     def new_id(self) -> str:
@@ -335,6 +346,31 @@ def make_completion(
     if truncated:
         del words[typing.cast(int, max_tokens) :]
     return Completion(words, truncated, prompt_tokens)
+
+
+# --- garbling (fault `garble_rate`) ------------------------------------------------------
+
+#: Content types a garbled answer may claim instead of its own.
+WRONG_CONTENT_TYPES: Final = ("text/html; charset=utf-8", "text/plain", "application/json",
+                              "text/event-stream", "application/octet-stream")
+
+
+def garble(data: bytes, rng: random.Random) -> bytes:
+    """One corruption of `data`: a flipped bit, a cut, inserted garbage, a lost frame
+    separator (SSE blank line) or invalid UTF-8; what a broken provider or middlebox sends."""
+    if not data:
+        return rng.randbytes(rng.randint(1, 8))
+    i = rng.randrange(len(data))
+    op = rng.randrange(5)
+    if op == 0:
+        return data[:i] + bytes((data[i] ^ (1 << rng.randrange(8)),)) + data[i + 1:]
+    if op == 1:
+        return data[:i]
+    if op == 2:
+        return data[:i] + rng.randbytes(rng.randint(1, 16)) + data[i:]
+    if op == 3 and b"\n\n" in data:
+        return data.replace(b"\n\n", b"\n", 1)
+    return data[:i] + b"\xff\xfe\xc3" + data[i:]
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -511,7 +547,23 @@ class Provider(ABC):
         if self.state.options.malformed:
             return web.Response(body=MALFORMED_JSON, content_type="application/json",
                                 headers=self.response_headers())
+        garbled = self.garbled(obj)
+        if garbled is not None:
+            return garbled
         return json_response(obj, headers={**self.response_headers(), **self.quota_headers()})
+
+    def garbled(self, obj: Any) -> web.Response | None:
+        """The `garble_rate` fault for a JSON answer: its bytes corrupted (sometimes under a
+        wrong Content-Type), or None to answer normally."""
+        state = self.state
+        rng = state.garbler
+        if not state.options.garble_rate or rng.random() >= state.options.garble_rate:
+            return None
+        body = garble(orjson.dumps(obj), rng)
+        content_type = (rng.choice(WRONG_CONTENT_TYPES) if rng.random() < 0.25
+                        else "application/json")
+        return web.Response(body=body, headers={**self.response_headers(),
+                                                "Content-Type": content_type})
 
     def response_headers(self) -> dict[str, str]:
         """Headers every answer carries (request ids and the like)."""
@@ -537,8 +589,15 @@ class Provider(ABC):
         state = self.state
         if opts.first_token_ms > 0:
             await asyncio.sleep(opts.first_token_ms / 1000.0)
-        resp = web.StreamResponse(headers={**SSE_HEADERS, **self.response_headers(),
-                                           **self.quota_headers()})
+        headers = {**SSE_HEADERS, **self.response_headers(), **self.quota_headers()}
+        rng = state.garbler
+        # garble_rate: which event gets corrupted (-1: none) and whether the stream ends there.
+        garble_at, garble_ends = -1, False
+        if opts.garble_rate and rng.random() < opts.garble_rate:
+            garble_at, garble_ends = rng.randrange(8), rng.random() < 0.5
+            if rng.random() < 0.25:
+                headers["Content-Type"] = rng.choice(WRONG_CONTENT_TYPES)
+        resp = web.StreamResponse(headers=headers)
         limit = opts.reset_after_chunks
         truncate = opts.truncate_after_chunks
         sent = 0
@@ -547,6 +606,12 @@ class Provider(ABC):
             nonlocal sent
             if state.closing:
                 raise StreamAborted
+            if sent == garble_at:
+                await resp.write(garble(chunk, rng))
+                sent += 1
+                if garble_ends:
+                    raise StreamTruncated
+                return
             await resp.write(chunk)
             sent += 1
             if sent == limit:
