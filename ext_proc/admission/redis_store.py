@@ -26,6 +26,11 @@ returned to the pool and shares re-converge within a few syncs. A restarted Redi
 lost) starts from an empty pool plus what the replicas hold, not from a full minute: the
 fleet does not get a second burst on top of what it admitted during the outage.
 
+Waits use `asyncio.timeout`, never `asyncio.wait_for`: on Python 3.11 `wait_for` returns the
+result, swallowing a cancellation, when what it waits for completes in the same loop
+iteration, and a sync loop that missed its cancellation made `close()` wait forever. `close()`
+also sets a flag the loop checks and waits for the loop boundedly.
+
 All keys share the `{switchyard}` hash tag (one slot). The script names its keys from a
 prefix rather than KEYS, so it targets a single Redis (or one slot of a cluster).
 """
@@ -160,6 +165,8 @@ class RedisStore(LocalStore):
         self._fresh: set[int] = set()
         #: Set to sync at once rather than at the next interval (a new bucket).
         self._wake = asyncio.Event()
+        #: Set by close(): the loop ends even if a cancellation was lost (see module doc).
+        self._closing = False
         self._last_sync = clock()
         self._task: asyncio.Task[None] | None = None
         self._redis = aioredis.Redis.from_url(
@@ -197,23 +204,30 @@ class RedisStore(LocalStore):
             self._task = asyncio.create_task(self._loop(), name="admission-redis-sync")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the loop (bounded: at most one sync in flight), leave the replicas hash."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # asyncio.wait never cancels `task` itself, nor swallows our own cancellation
+            done, _ = await asyncio.wait({task}, timeout=self.timeout_s + 1.0)
+            if not done:
+                log.warning("admission_redis_sync_did_not_stop", replica=self.replica_id)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await asyncio.wait_for(
-                self._redis.hdel(self.prefix + "replicas", self.replica_id), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                await self._redis.hdel(self.prefix + "replicas", self.replica_id)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await asyncio.wait_for(self._redis.aclose(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                await self._redis.aclose()
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
             self._wake.clear()
-            await self.sync()
+            if not self._closing:
+                await self.sync()
 
     # -- one sync -----------------------------------------------------------------------------
     def _entries(self, dt: float, now: float
@@ -260,7 +274,8 @@ class RedisStore(LocalStore):
         args = (self.replica_id, int(self.live_ttl_s * 1000), STATE_TTL_MS, self.prefix,
                 share_cap, IDLE_FLOOR, payload)
         try:
-            raw = await asyncio.wait_for(self._script(keys=(), args=args), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                raw = await self._script(keys=(), args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             # a timeout after a good sync may have been applied; in fallback nothing was
             applied = self.connected and isinstance(exc, TimeoutError | RedisTimeoutError)

@@ -6,9 +6,15 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from ext_proc.admission import Admission, Admit, compile_admission
 from ext_proc.admission.redis_store import RedisStore
+from ext_proc.admission.store import Limits
 from tests.unit.ext_proc.admission.candidates import OAI
+
+#: Every wait here is bounded; this is the backstop (pyproject's default is 120 s).
+pytestmark = pytest.mark.timeout(60)
 
 RPM = 12_000  # 200 per second
 RATE = RPM / 60
@@ -36,10 +42,12 @@ async def close(adms: list[Admission]) -> None:
 
 
 async def burst(a: Admission) -> int:
-    """Admit until refused, yielding to the event loop every 20 requests as a server does."""
+    """Admit until refused, yielding to the event loop every 20 requests as a server does.
+    Bounded: a bucket that never refuses fails the test instead of hanging it."""
     n = 0
     while isinstance(a.admit("t", "interactive", "m", [OAI], 1), Admit):
         n += 1
+        assert n <= 2 * RPM, "a burst never ran out: the bucket is unlimited"
         if n % 20 == 0:
             await asyncio.sleep(0)
     return n
@@ -131,6 +139,7 @@ async def test_token_reservations_and_refunds_are_fleet_wide(redis_server):
         held = []
         while isinstance(r := a.admit("t", "interactive", "m", [OAI], 4000), Admit):
             held.append(r)
+            assert len(held) <= 100, "the token bucket never ran out"
         assert len(held) >= 13  # 60k tokens, 4k each: ~14 fit
         for r in held:
             a.reconcile(r.reservation, 100)  # refunds flow back to the fleet bucket
@@ -150,3 +159,22 @@ async def test_token_reservations_and_refunds_are_fleet_wide(redis_server):
     finally:
         await a_store.close()
         await b_store.close()
+
+
+async def test_close_ends_the_sync_loop_when_a_wake_up_meets_the_cancellation(redis_server):
+    """Python 3.11's asyncio.wait_for returns the result, swallowing a cancellation, when
+    what it waits for completes in the same loop iteration: the sync loop then ran on and
+    close() awaited it forever (1 run in ~30 of the test above hung in its `finally`)."""
+    store = RedisStore(redis_server.url, replica_id="c", interval_s=10.0)
+    await store.start()
+    loop_task = store._task
+    assert loop_task is not None
+    # a new bucket wakes the sync loop; close() cancels it in the same loop iteration
+    store.scope("tenant:x", Limits(rpm=60), False, time.monotonic())
+    closing = asyncio.create_task(store.close())
+    done, _ = await asyncio.wait({closing}, timeout=3.0)
+    if not done:  # the bug: unstick it (a second cancellation lands) so the test ends
+        loop_task.cancel()
+        await asyncio.wait({closing}, timeout=3.0)
+    assert done, "close() did not return within 3 s: the sync loop ignored its cancellation"
+    assert loop_task.done()
