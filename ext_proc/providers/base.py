@@ -175,6 +175,8 @@ def translated(to_openai: Callable[[dict[str, Any]], bytes],
 
     def convert(body: bytes) -> tuple[bytes | None, Usage | None]:
         data = orjson.loads(body)
+        if not isinstance(data, dict):  # a malformed answer: respond.py's 502
+            raise ValueError("upstream answer is not a JSON object")
         return to_openai(data), usage_of(data)
 
     return Buffered(convert, rewrites=True)

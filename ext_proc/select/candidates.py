@@ -29,7 +29,10 @@ class ContextTooLong(Exception):
 def estimate_tokens(body: dict[str, Any]) -> int:
     """Prompt characters / 4 plus the requested output tokens: cheap and a little generous."""
     chars = 0
-    for m in body.get("messages", ()):
+    messages = body.get("messages")  # not validated on every API (embeddings)
+    for m in messages if isinstance(messages, list) else ():
+        if not isinstance(m, dict):
+            continue
         content = m.get("content")
         if isinstance(content, str):
             chars += len(content)

@@ -137,9 +137,9 @@ _TOOL_ID_BAD = re.compile(r"[^A-Za-z0-9_-]")
 _EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
 
-def finish_reason(stop_reason: str | None) -> str:
-    """Map an Anthropic stop_reason to an OpenAI finish_reason."""
-    if stop_reason is None:
+def finish_reason(stop_reason: Any) -> str:
+    """Map an Anthropic stop_reason to an OpenAI finish_reason (not a known string: stop)."""
+    if not isinstance(stop_reason, str):
         return "stop"
     return _FINISH.get(stop_reason, "stop")
 
@@ -531,7 +531,7 @@ def request_from_openai(
     effort = req.get("reasoning_effort")
     budget = None
     if effort is not None:
-        if effort not in THINKING_BUDGETS:
+        if not isinstance(effort, str) or effort not in THINKING_BUDGETS:
             raise TranslationError(
                 "reasoning_effort must be one of " + ", ".join(THINKING_BUDGETS),
                 param="reasoning_effort",
@@ -605,19 +605,21 @@ def response_to_openai(resp: dict[str, Any], alias: str, json_tool: str | None =
     thinking: list[str] = []
     calls: list[dict[str, Any]] = []
     json_text: str | None = None
-    for b in resp.get("content") or ():
+    blocks = resp.get("content")
+    for b in blocks if isinstance(blocks, list) else ():
         if not isinstance(b, dict):
             continue
         kind = b.get("type")
         if kind == "text":
-            texts.append(b.get("text", ""))
+            if isinstance(text := b.get("text"), str):
+                texts.append(text)
         elif kind == "tool_use":
             if json_tool is not None and json_text is None and b.get("name") == json_tool:
                 json_text = orjson.dumps(b.get("input") or {}).decode()
             else:
                 calls.append(_tool_call(b))
-        elif kind == "thinking":
-            thinking.append(b.get("thinking", ""))
+        elif kind == "thinking" and isinstance(thought := b.get("thinking"), str):
+            thinking.append(thought)
         # redacted_thinking and server-tool blocks have no OpenAI form.
     finish = finish_reason(resp.get("stop_reason"))
     content: str | None

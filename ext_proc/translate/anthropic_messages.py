@@ -415,7 +415,7 @@ def _effort(req: dict[str, Any]) -> str | None:
     oc = req.get("output_config")
     effort = oc.get("effort") if isinstance(oc, dict) else None
     if effort is not None:
-        if effort not in _EFFORTS:
+        if not isinstance(effort, str) or effort not in _EFFORTS:
             raise TranslationError(
                 "Input should be 'low', 'medium', 'high', 'xhigh' or 'max'",
                 param="output_config.effort",
@@ -575,7 +575,10 @@ def _reasoning(obj: dict[str, Any]) -> Any:
 
 
 def response_from_openai(resp: dict[str, Any], model: str) -> bytes:
-    """OpenAI `chat.completion` -> Anthropic `message` JSON, reporting the client's model."""
+    """OpenAI `chat.completion` -> Anthropic `message` JSON, reporting the client's model.
+    Anything but a JSON object is a ValueError: the malformed answer's 502."""
+    if not isinstance(resp, dict):
+        raise ValueError("upstream answer is not a JSON object")
     choices = resp.get("choices")
     choice = choices[0] if isinstance(choices, list) and choices else {}
     choice = choice if isinstance(choice, dict) else {}

@@ -333,7 +333,7 @@ def _tool_config(req: dict[str, Any]) -> dict[str, Any] | None:
     elif isinstance(choice, dict):
         fn = choice.get("function")
         name = fn.get("name") if isinstance(fn, dict) else None
-        if choice.get("type") != "function" or name not in names:
+        if choice.get("type") != "function" or not isinstance(name, str) or name not in names:
             raise TranslationError("tool_choice must name one of the given function tools",
                                    param="tool_choice")
         cfg["toolChoice"] = {"tool": {"name": name}}

@@ -35,6 +35,7 @@ __all__ = [
     "client_wants_usage",
     "content_parts",
     "context_overflow",
+    "count",
     "error_body",
     "error_event",
     "error_object",
@@ -274,6 +275,17 @@ def upstream_error_message(status: int, body: bytes) -> str:
 # ---------------------------------------------------------------------- usage
 
 
+#: Above any real token count; a larger "count" is garbage (and would overflow a JSON int64
+#: once summed).
+MAX_COUNT = 2**40
+
+
+def count(v: Any) -> int:
+    """A token count from a provider's answer: a non-negative int (not a bool), else 0, so a
+    garbled usage object can neither break cost accounting nor the body built from it."""
+    return v if type(v) is int and 0 <= v <= MAX_COUNT else 0
+
+
 def cache_usage(
     u: Any, input_key: str, output_key: str, read_key: str, write_key: str
 ) -> Usage:
@@ -282,9 +294,9 @@ def cache_usage(
     cache reads. No reasoning count: these providers bill thinking inside their output count."""
     if not isinstance(u, dict):
         return Usage(0, 0)
-    cached = u.get(read_key) or 0
-    prompt = (u.get(input_key) or 0) + cached + (u.get(write_key) or 0)
-    return Usage(prompt, u.get(output_key) or 0, cached)
+    cached = count(u.get(read_key))
+    prompt = count(u.get(input_key)) + cached + count(u.get(write_key))
+    return Usage(prompt, count(u.get(output_key)), cached)
 
 
 def usage_from(u: Any) -> Usage | None:
@@ -298,8 +310,8 @@ def usage_from(u: Any) -> Usage | None:
     if not isinstance(p, int) and not isinstance(c, int):
         return None
     return Usage(
-        p if isinstance(p, int) else 0,
-        c if isinstance(c, int) else 0,
+        count(p),
+        count(c),
         _detail(u, "prompt_tokens_details", "cached_tokens"),
         _detail(u, "completion_tokens_details", "reasoning_tokens"),
     )
@@ -307,8 +319,7 @@ def usage_from(u: Any) -> Usage | None:
 
 def _detail(u: dict[str, Any], details: str, key: str) -> int:
     d = u.get(details)
-    v = d.get(key) if isinstance(d, dict) else None
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+    return count(d.get(key)) if isinstance(d, dict) else 0
 
 
 def openai_usage(

@@ -39,6 +39,7 @@ from .canonical import (
     Usage,
     content_parts,
     context_overflow,
+    count,
     error_body,
     max_tokens_of,
     messages_of,
@@ -119,11 +120,12 @@ _MIME_BY_EXT = {
 _TOOL_CALL_ID = re.compile(r"call_\d+_(.+)")
 
 
-def finish_reason(reason: str | None, has_tool_calls: bool = False) -> str:
-    """Map a Gemini finishReason to an OpenAI finish_reason."""
+def finish_reason(reason: Any, has_tool_calls: bool = False) -> str:
+    """Map a Gemini finishReason to an OpenAI finish_reason (anything but a known string:
+    a plain stop)."""
     if reason is None or reason == "STOP":
         return "tool_calls" if has_tool_calls else "stop"
-    return _FINISH.get(reason, "stop")
+    return _FINISH.get(reason, "stop") if isinstance(reason, str) else "stop"
 
 
 # ------------------------------------------------------------------------------- paths
@@ -468,7 +470,7 @@ def _generation_config(req: dict[str, Any]) -> dict[str, Any]:
     _response_format(req.get("response_format"), gc)
     effort = req.get("reasoning_effort")
     if effort is not None:
-        if effort not in _THINKING_BUDGET:
+        if not isinstance(effort, str) or effort not in _THINKING_BUDGET:
             raise TranslationError(
                 "reasoning_effort must be none, minimal, low, medium or high",
                 param="reasoning_effort",
@@ -509,10 +511,10 @@ def _usage(um: Any) -> Usage:
     also the reasoning count), cached is `cachedContentTokenCount` (inside the prompt)."""
     if not isinstance(um, dict):
         return Usage(0, 0)
-    thoughts = um.get("thoughtsTokenCount") or 0
-    prompt = (um.get("promptTokenCount") or 0) + (um.get("toolUsePromptTokenCount") or 0)
-    completion = (um.get("candidatesTokenCount") or 0) + thoughts
-    return Usage(prompt, completion, um.get("cachedContentTokenCount") or 0, thoughts)
+    thoughts = count(um.get("thoughtsTokenCount"))
+    prompt = count(um.get("promptTokenCount")) + count(um.get("toolUsePromptTokenCount"))
+    completion = count(um.get("candidatesTokenCount")) + thoughts
+    return Usage(prompt, completion, count(um.get("cachedContentTokenCount")), thoughts)
 
 
 def usage_of(resp: dict[str, Any]) -> Usage | None:
@@ -549,7 +551,7 @@ def _choice(cand: dict[str, Any], index: int) -> dict[str, Any]:
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
-    for part in parts or ():
+    for part in parts if isinstance(parts, list) else ():
         if not isinstance(part, dict):
             continue
         fc = part.get("functionCall")
@@ -587,7 +589,7 @@ def response_to_openai(resp: dict[str, Any], model: str) -> bytes:
     cands = resp.get("candidates")
     if isinstance(cands, list) and cands:
         choices = [
-            _choice(c, c.get("index", i) if isinstance(c.get("index"), int) else i)
+            _choice(c, idx if isinstance(idx := c.get("index"), int) and 0 <= idx < 2**31 else i)
             for i, c in enumerate(cands)
             if isinstance(c, dict)
         ]
@@ -807,7 +809,7 @@ def embeddings_usage_of(resp: dict[str, Any], vertex: bool) -> Usage | None:
     if vertex:
         total = 0
         seen = False
-        for p in resp.get("predictions") or ():
+        for p in _list(resp.get("predictions")):
             stats = p.get("embeddings", {}).get("statistics") if isinstance(p, dict) else None
             if isinstance(stats, dict) and isinstance(stats.get("token_count"), int | float):
                 total += int(stats["token_count"])
@@ -815,8 +817,23 @@ def embeddings_usage_of(resp: dict[str, Any], vertex: bool) -> Usage | None:
         return Usage(total, 0) if seen else None
     um = resp.get("usageMetadata")
     if isinstance(um, dict) and isinstance(um.get("promptTokenCount"), int):
-        return Usage(um["promptTokenCount"], 0)
+        return Usage(count(um["promptTokenCount"]), 0)
     return None
+
+
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
+def _values(embedding: Any) -> list[float]:
+    """One embedding's numbers; a ValueError (the answer is malformed: a 502) otherwise."""
+    values = embedding.get("values") if isinstance(embedding, dict) else None
+    if values is None:
+        return []
+    if not isinstance(values, list) or not all(
+            isinstance(x, int | float) and not isinstance(x, bool) for x in values):
+        raise ValueError("embedding values are not a list of numbers")
+    return values
 
 
 def _vector(values: list[float], encoding_format: str) -> Any:
@@ -830,12 +847,14 @@ def embeddings_response(
 ) -> bytes:
     """Gemini/Vertex embeddings response -> OpenAI `list` of `embedding` objects."""
     resp = orjson.loads(body)
+    if not isinstance(resp, dict):
+        raise ValueError("embeddings response is not an object")
     if vertex:
-        vectors = [
-            p.get("embeddings", {}).get("values") or [] for p in resp.get("predictions") or ()
-        ]
+        items = [p.get("embeddings") for p in _list(resp.get("predictions"))
+                 if isinstance(p, dict)]
     else:
-        vectors = [e.get("values") or [] for e in resp.get("embeddings") or ()]
+        items = _list(resp.get("embeddings"))
+    vectors = [_values(e) for e in items]
     prompt = (embeddings_usage_of(resp, vertex) or Usage(0, 0)).prompt
     out = {
         "object": "list",
