@@ -124,6 +124,18 @@ class Saturation(_Strict):
         default_factory=lambda: ["agent", "batch"])  # type: ignore[arg-type]
 
 
+class PoolSizing(_Strict):
+    """The desired-replicas gauge: `switchyard plan`'s analytic sizing over the live demand."""
+
+    #: The p95 SLO a replica must meet (plan's --slo-ttft-ms / --slo-tpot-ms defaults).
+    slo_ttft_ms: float = Field(default=500.0, gt=0)
+    slo_tpot_ms: float = Field(default=50.0, gt=0)
+    #: Decay time of the demand window (req/s, tokens/s); plan sizes per-minute peaks.
+    window_s: float = Field(default=60.0, gt=0, le=86_400)
+    #: A `switchyard profile` JSON (plan's --profile); default: `simulate.engine`'s numbers.
+    profile: str | None = None
+
+
 class Pool(_Strict):
     """Endpoint picking inside a pool of self-hosted replicas (vLLM metrics)."""
 
@@ -142,6 +154,7 @@ class Pool(_Strict):
     prefix_chars: int = Field(default=1024, ge=64, le=1_000_000)
     #: `score` (queue, KV, prefix affinity) or `round_robin` (a baseline for comparisons).
     picker: Literal["score", "round_robin"] = "score"
+    sizing: PoolSizing = Field(default_factory=PoolSizing)
 
 
 class Cost(_Strict):

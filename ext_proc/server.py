@@ -29,6 +29,7 @@ from ext_proc.route import Wait
 from ext_proc.select import Selector
 from ext_proc.state import RequestState
 from ext_proc.stats import BackendHealth
+from ext_proc.stats.pool_metrics import Pools
 from ext_proc.table import Routes, RoutingClient
 from ext_proc.usage import ledger as usage_ledger
 from ext_proc.usage.ledger import Ledger
@@ -83,10 +84,12 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
                 envoy_admin: str | None = None, unix_socket: str | None = None,
                 ledger: Ledger | None = None) -> None:
     gate = Gate()
+    pools = Pools()
 
     def on_update(routes: Routes) -> None:
         gate.configure(routes.admission_json)
         warm(routes.clusters.values())
+        pools.sync_routes(routes)  # GPU pools are scraped before their first request
 
     routing = RoutingClient(control_plane, node_id, on_update=on_update)
     tasks = [asyncio.create_task(routing.run())]
@@ -101,12 +104,13 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000), (
         "grpc.max_receive_message_length", big), ("grpc.max_send_message_length", big)])
     pb_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessor(Pipeline(routing, health, gate, selector)), server)
+        ExternalProcessor(Pipeline(routing, health, gate, selector, pools)), server)
     bound = server.add_insecure_port(f"{address}:{port}")
     if unix_socket:
         server.add_insecure_port(f"unix:{unix_socket}")
     await server.start()
-    http = await admin.start_http(address, metrics_port, routing, health, gate, selector)
+    http = await admin.start_http(address, metrics_port, routing, health, gate, selector,
+                                  pools)
     syslog.info("ext_proc listening", address=address, port=bound, control_plane=control_plane,
                 metrics_port=metrics_port)
     stop = asyncio.Event()

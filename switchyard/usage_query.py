@@ -24,11 +24,11 @@ COLUMNS: dict[str, str] = {
     "outcome": "VARCHAR", "code": "VARCHAR", "stream": "BOOLEAN", "prompt_tokens": "BIGINT",
     "cached_tokens": "BIGINT", "completion_tokens": "BIGINT", "reasoning_tokens": "BIGINT",
     "cost_usd": "DOUBLE", "latency_ms": "DOUBLE", "ttft_ms": "DOUBLE", "attempts": "INTEGER",
-    "route": "VARCHAR",
+    "route": "VARCHAR", "endpoint": "VARCHAR", "pick": "VARCHAR",
 }
 #: What `--by` may group on.
 GROUPS = ("tenant", "model", "backend", "class", "node", "outcome", "system", "response_model",
-          "operation", "status", "day", "hour")
+          "operation", "status", "endpoint", "pick", "day", "hour")
 _DERIVED = {"day": "strftime(timestamp AT TIME ZONE 'UTC', '%Y-%m-%d')",
             "hour": "strftime(timestamp AT TIME ZONE 'UTC', '%Y-%m-%d %H:00')"}
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

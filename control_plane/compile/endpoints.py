@@ -9,6 +9,7 @@ Also the pool's settings for ext_proc's endpoint picker (`pool_json` in the Rout
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from envoy.extensions.load_balancing_policies.least_request.v3 import (  # noqa: F401 (Any)
@@ -19,6 +20,7 @@ from envoy.extensions.load_balancing_policies.override_host.v3 import (  # noqa:
 )
 
 from control_plane.config import Pool, Provider
+from switchyard.capacity.sizing import pool_profile
 from switchyard.contract import DESTINATION_ENDPOINT_HEADER, DESTINATION_ENDPOINT_NAMESPACE
 
 OVERRIDE_HOST = "envoy.load_balancing_policies.override_host"
@@ -55,6 +57,19 @@ def apply_pool(cluster: dict[str, Any], provider: Provider) -> None:
     cluster["outlier_detection"]["max_ejection_percent"] = 50
 
 
+def _sizing(provider: Provider, pool: Pool) -> dict[str, Any]:
+    """The desired-replicas gauge's inputs: the GPU profile exactly as `switchyard plan`
+    reads it (`pool_profile`), the SLO and the demand window."""
+    sz = pool.sizing
+    prof = pool_profile(provider, Path(sz.profile) if sz.profile else None)
+    return {"profile": {"prefill_tokens_per_s": prof.prefill_tokens_per_s,
+                        "tpot_base_ms": prof.tpot_base_ms,
+                        "tpot_per_seq_ms": prof.tpot_per_seq_ms,
+                        "max_num_seqs": prof.max_num_seqs},
+            "slo_ttft_ms": sz.slo_ttft_ms, "slo_tpot_ms": sz.slo_tpot_ms,
+            "window_s": sz.window_s}
+
+
 def pool_json(provider: Provider) -> str:
     """The endpoint picker's settings for one pool provider ("" when it is not a pool)."""
     if not provider.endpoints:
@@ -70,5 +85,6 @@ def pool_json(provider: Provider) -> str:
         "prefix_chars": pool.prefix_chars,
         "picker": pool.picker,
         "path_prefix": provider.path_prefix,
+        "sizing": _sizing(provider, pool),
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))

@@ -24,9 +24,12 @@ import bisect
 import hashlib
 import json
 import math
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from switchyard.capacity.sizing import Profile, replica_capacity, replicas_for
 
 #: Prompt characters per hashed block for prefix affinity (about 16 tokens).
 BLOCK_CHARS = 64
@@ -35,6 +38,8 @@ VNODES = 64
 #: Bounded load allows this many requests over the cap (small pools at low load would
 #: otherwise break affinity for a single request in flight).
 LOAD_SLACK = 1
+#: A demand rate is measured over at least this many seconds.
+MIN_OBSERVED_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +56,20 @@ class PoolSettings:
     load_factor: float = 1.25
     prefix_chars: int = 1024
     picker: str = "score"
+    #: Desired-replicas sizing (`switchyard plan`'s analytic model): the GPU profile, the SLO
+    #: and the decay time of the live demand window.
+    profile: Profile | None = None
+    slo_ttft_s: float = 0.5
+    slo_tpot_s: float = 0.05
+    demand_window_s: float = 60.0
 
     @classmethod
     def from_json(cls, text: str) -> PoolSettings:
         d: dict[str, Any] = json.loads(text)
         sc = d.get("scorers", {})
         sat = d.get("saturation", {})
+        sz = d.get("sizing") or {}
+        prof = sz.get("profile")
         return cls(
             endpoints=tuple(d["endpoints"]),
             w_queue=float(sc.get("queue", 1.0)), w_kv=float(sc.get("kv_cache", 1.0)),
@@ -68,7 +81,13 @@ class PoolSettings:
             low_classes=frozenset(sat.get("low_classes", ("agent", "batch"))),
             load_factor=float(d.get("load_factor", 1.25)),
             prefix_chars=int(d.get("prefix_chars", 1024)),
-            picker=str(d.get("picker", "score")))
+            picker=str(d.get("picker", "score")),
+            profile=Profile(float(prof["prefill_tokens_per_s"]), float(prof["tpot_base_ms"]),
+                            float(prof["tpot_per_seq_ms"]), int(prof["max_num_seqs"]))
+            if prof else None,
+            slo_ttft_s=float(sz.get("slo_ttft_ms", 500)) / 1000.0,
+            slo_tpot_s=float(sz.get("slo_tpot_ms", 50)) / 1000.0,
+            demand_window_s=float(sz.get("window_s", 60.0)))
 
 
 @dataclass(slots=True)
@@ -85,6 +104,8 @@ class EndpointState:
     inflight: int = 0
     inflight_at_scrape: int = 0
     picks: int = 0
+    #: Picks by reason ("prefix", "score", "round_robin", "fail_open").
+    reasons: dict[str, int] = field(default_factory=dict)
 
     def fresh(self, now: float, stale_after: float) -> bool:
         return self.scraped_at is not None and now - self.scraped_at <= stale_after
@@ -205,11 +226,15 @@ class PoolPicker:
     endpoints: list[EndpointState] = field(default_factory=list)
     ring: Ring | None = None
     _rr: int = 0
+    #: Live demand (for the desired-replicas sizing); time every endpoint was stale.
+    demand: Demand = field(init=False)
+    fail_open_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.endpoints:
             self.endpoints = [EndpointState(a) for a in self.settings.endpoints]
         self.ring = Ring(self.settings.endpoints)
+        self.demand = Demand(self.settings.demand_window_s, time.monotonic())
 
     def all_stale(self, now: float) -> bool:
         return not any(e.fresh(now, self.settings.stale_after_s) for e in self.endpoints)
@@ -259,6 +284,7 @@ class PoolPicker:
         ep = self.endpoints[chosen[0]]
         ep.inflight += 1
         ep.picks += 1
+        ep.reasons[reason] = ep.reasons.get(reason, 0) + 1
         return Pick(tuple(self.endpoints[i].address for i in chosen), reason)
 
     def release(self, address: str) -> None:
@@ -267,15 +293,85 @@ class PoolPicker:
                 e.inflight = max(0, e.inflight - 1)
                 return
 
-    def desired_replicas(self, now: float, target: float = 0.7) -> int:
-        """Replicas that would run this pool at `target` utilisation now: the mean busy
-        fraction (KV use, or 1 for an endpoint with a queue) scaled to the pool size."""
+    def desired_replicas(self, now: float) -> int | None:
+        """Replicas the live demand needs within the SLO, by the planner's own sizing
+        (`switchyard.capacity.sizing`): ceil(req/s / one replica's capacity at the measured
+        mean input and output lengths). None: no profile, or the SLO is out of reach."""
+        cap = self.capacity_rps(now)
+        if cap is None or cap <= 0:
+            return None
+        return replicas_for(self.demand.rps(now), cap)
+
+    def capacity_rps(self, now: float) -> float | None:
+        """One replica's request rate within the SLO at the live mean lengths (None: no
+        profile, or no finished request with usage yet to measure the lengths by)."""
         s = self.settings
-        fresh = [e for e in self.endpoints if e.fresh(now, s.stale_after_s)]
-        if not fresh:
-            return len(self.endpoints)
-        busy = sum(1.0 if e.waiting > 0 else e.kv_usage for e in fresh) / len(fresh)
-        return max(1, math.ceil(len(self.endpoints) * busy / target))
+        lengths = self.demand.mean_lengths(now)
+        if s.profile is None or lengths is None:
+            return None
+        return replica_capacity(s.profile, lengths[0], lengths[1], s.slo_ttft_s, s.slo_tpot_s)
+
+
+class Decayed:
+    """An exponentially decayed sum (time constant `tau`): its rate is the sum over the last
+    ~tau seconds per second, smooth and O(1) per event (no buckets)."""
+
+    __slots__ = ("_at", "_since", "tau", "value")
+
+    def __init__(self, tau: float, now: float) -> None:
+        self.tau = tau
+        self.value = 0.0
+        self._at = now
+        self._since = now
+
+    def at(self, now: float) -> float:
+        if now > self._at:
+            self.value *= math.exp(-(now - self._at) / self.tau)
+            self._at = now
+        return self.value
+
+    def add(self, x: float, now: float) -> None:
+        self.value = self.at(now) + x
+
+    def rate(self, now: float) -> float:
+        """Per second. Early on divided by the time observed so far (no slow ramp from zero),
+        but by at least `MIN_OBSERVED_S` (one request just after a start is not a spike)."""
+        age = max(now - self._since, min(self.tau, MIN_OBSERVED_S))
+        return self.at(now) / (self.tau * (1.0 - math.exp(-age / self.tau)))
+
+
+class Demand:
+    """A pool's live demand in a decayed window: requests that wanted the pool (served or
+    spilled) per second, and the mean input / output tokens of those that finished with
+    usage, the inputs `switchyard plan` sizes from."""
+
+    def __init__(self, window_s: float, now: float) -> None:
+        self.requests = Decayed(window_s, now)
+        self.sized = Decayed(window_s, now)
+        self.input_tokens = Decayed(window_s, now)
+        self.output_tokens = Decayed(window_s, now)
+        #: The last lengths measured (kept when the window has decayed empty).
+        self._lengths: tuple[float, float] | None = None
+
+    def arrived(self, now: float) -> None:
+        self.requests.add(1.0, now)
+
+    def finished(self, prompt_tokens: int, completion_tokens: int, now: float) -> None:
+        self.sized.add(1.0, now)
+        self.input_tokens.add(prompt_tokens, now)
+        self.output_tokens.add(max(1, completion_tokens), now)
+
+    def rps(self, now: float) -> float:
+        return self.requests.rate(now)
+
+    def mean_lengths(self, now: float) -> tuple[float, float] | None:
+        n = self.sized.at(now)
+        if n > 1e-6:
+            self._lengths = (self.input_tokens.at(now) / n, self.output_tokens.at(now) / n)
+        return self._lengths
+
+    def tokens_per_s(self, now: float) -> tuple[float, float]:
+        return self.input_tokens.rate(now), self.output_tokens.rate(now)
 
 
 def parse_prometheus(text: str, wanted: Iterable[str] | None = None) -> dict[str, float]:

@@ -36,7 +36,8 @@ def steer(fwd: Forward, pool_of: Mapping[str, str], pools: Pools, klass: str
 
 def pick_endpoint(fwd: Forward, st: RequestState, pool_of: Mapping[str, str], pools: Pools
                   ) -> str | None:
-    """`IP:PORT[,fallbacks]` for the first pool among the candidates (None: no pool)."""
+    """`IP:PORT[,fallbacks]` for the first pool among the candidates (None: no pool); the
+    pick and its reason are kept on the request for its log line and usage record."""
     for c in fwd.candidates:
         pool = pool_of.get(c.cluster)
         if pool is None:
@@ -46,6 +47,9 @@ def pick_endpoint(fwd: Forward, st: RequestState, pool_of: Mapping[str, str], po
             return None
         messages = st.body.get("messages") or ()
         key = prefix_key(messages, picker.settings.prefix_chars)
-        pick = pools.pick(st.rid, pool, key, st.klass)
-        return pick.header if pick is not None else None
+        pick = pools.pick(st.rid, pool, key, st.klass, st)
+        if pick is None:
+            return None
+        st.pool_pick = (pool, pick.endpoints[0], pick.reason)
+        return pick.header
     return None

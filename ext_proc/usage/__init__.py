@@ -57,6 +57,8 @@ def account(r: UsageRecord) -> None:
         reasoning_tokens=u.reasoning,
         cost_usd=round(r.cost_usd, 8),
         route=r.route,
+        endpoint=r.endpoint or None,
+        pick=r.pick or None,
     )
 
 

@@ -39,7 +39,7 @@ log = structlog.get_logger("switchyard.ledger")
 FIELDS = ("event", "timestamp", "node", "rid", "tenant", "class", "model", "backend", "system",
           "response_model", "operation", "status", "outcome", "code", "stream",
           "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "cost_usd",
-          "latency_ms", "ttft_ms", "attempts", "route")
+          "latency_ms", "ttft_ms", "attempts", "route", "endpoint", "pick")
 
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -89,6 +89,8 @@ def to_json(r: UsageRecord, node: str, now: float) -> dict[str, Any]:
         "ttft_ms": round(r.ttft_s * 1000, 3) if r.ttft_s is not None else None,
         "attempts": r.attempts,
         "route": r.route,
+        "endpoint": r.endpoint or None,
+        "pick": r.pick or None,
     }
 
 

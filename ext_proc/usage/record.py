@@ -55,3 +55,7 @@ class UsageRecord:
     response_model: str = ""
     #: `chat` or `embeddings` (`gen_ai.operation.name`).
     operation: str = "chat"
+    #: GPU pool endpoint (IP:PORT) picked for the answering pool backend, and why (`prefix`,
+    #: `score`, `round_robin`, `fail_open`); "" when no pool served the request.
+    endpoint: str = ""
+    pick: str = ""

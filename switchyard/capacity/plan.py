@@ -11,7 +11,6 @@ costs against sending the same tokens to each hosted backend.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from switchyard.capacity.sizing import (
     break_even_utilisation,
     cheapest_mix,
     hosted_cost_per_request,
+    pool_profile,
     replica_capacity,
     replicas_for,
 )
@@ -89,13 +89,7 @@ def pool_provider(cfg: GatewayConfig, name: str | None) -> tuple[str, Provider]:
 
 
 def profile_of(provider: Provider, profile_json: Path | None) -> Profile:
-    if profile_json is not None:
-        d = json.loads(profile_json.read_text())
-        return Profile(float(d["prefill_tokens_per_s"]), float(d["tpot_ms"]["base"]),
-                       float(d["tpot_ms"]["per_running_seq"]), int(d["max_num_seqs"]))
-    eng = provider.simulate.engine if provider.simulate else None
-    e = EngineConfig.from_dict(eng.model_dump() if eng else None)
-    return Profile(e.prefill_tokens_per_s, e.tpot_base_ms, e.tpot_per_seq_ms, e.max_num_seqs)
+    return pool_profile(provider, profile_json)
 
 
 def engine_of(provider: Provider, prof: Profile) -> EngineConfig:

@@ -19,9 +19,15 @@ of a replica's capacity at which both cost the same.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from control_plane.config import Provider
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +39,22 @@ class Profile:
 
     def tpot_s(self, batch: float) -> float:
         return (self.tpot_base_ms + self.tpot_per_seq_ms * batch) / 1000.0
+
+
+def pool_profile(provider: Provider, profile_json: Path | None = None) -> Profile:
+    """A pool's GPU profile: a `switchyard profile` JSON when given, else the provider's
+    `simulate.engine` numbers (the config's defaults without one). One function for `plan`
+    and for the live desired-replicas gauge, so both size from the same numbers."""
+    if profile_json is not None:
+        d = json.loads(profile_json.read_text())
+        return Profile(float(d["prefill_tokens_per_s"]), float(d["tpot_ms"]["base"]),
+                       float(d["tpot_ms"]["per_running_seq"]), int(d["max_num_seqs"]))
+    from control_plane.config import EngineSettings
+
+    eng = provider.simulate.engine if provider.simulate else None
+    e = eng or EngineSettings()
+    return Profile(e.prefill_tokens_per_s, e.tpot_ms.base, e.tpot_ms.per_running_seq,
+                   e.max_num_seqs)
 
 
 @dataclass(frozen=True, slots=True)

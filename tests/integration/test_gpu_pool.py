@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from switchyard.launcher import Gateway
-from tests.integration.conftest import free_ports, launch
+from tests.integration.conftest import free_ports, launch, wait_until
 
 POOLS = ("rr", "aff", "main", "sat")
 #: Prefix test: prefill-bound replicas whose KV cache holds about two system prompts.
@@ -78,6 +79,7 @@ class PoolGateways:
         names += ["hosted"] + [f"{pool}{i}" for pool in POOLS for i in range(4)]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.gws: list[Gateway] = []
+        self.tmp = tmp
         for g in (1, 2):
             d = tmp / f"gw{g}"
             d.mkdir()
@@ -116,6 +118,17 @@ class PoolGateways:
                 if r["path"].endswith("/chat/completions") and marker in str(r["body"]):
                     hits.append(i)
         return hits
+
+    def pools_view(self) -> dict[str, Any]:
+        view: dict[str, Any] = httpx.get(
+            f"http://127.0.0.1:{self.ports['metrics1']}/pools").json()["pools"]
+        return view
+
+    def ledger(self) -> list[dict[str, Any]]:
+        """Gateway 1's usage records so far."""
+        return [orjson.loads(line) for f in sorted((self.tmp / "gw1" / "logs" / "usage")
+                                                   .glob("*.jsonl"))
+                for line in f.read_bytes().splitlines() if line]
 
     def stop(self) -> None:
         for gw in reversed(self.gws):
@@ -303,3 +316,34 @@ def test_saturated_pool_spills_batch_keeps_interactive(pools: PoolGateways) -> N
     assert all(b.startswith("sat/") for b in inter)
     metrics = httpx.get(f"http://127.0.0.1:{pools.ports['metrics1']}/metrics").text
     assert re.search(r'switchyard_pool_spills_total\{klass="batch",pool="sat"\} [1-9]', metrics)
+
+
+def test_pools_view_and_the_pick_in_the_usage_record(pools: PoolGateways) -> None:
+    """GET /pools shows every endpoint's live state and the desired replicas; each request's
+    usage record names the endpoint that served it and why it was picked."""
+    system = " ".join(f"view-ctx{j}" for j in range(300))
+    rids: dict[str, str] = {}
+    with httpx.Client(timeout=30) as client:
+        for k in range(6):
+            r = client.post(pools.url() + "/v1/chat/completions",
+                            json=_body("llama-aff", system, f"view-{k} question"))
+            assert r.status_code == 200
+            rids[r.headers["x-switchyard-request-id"]] = f"view-{k} "
+    view = wait_until(lambda: (v := pools.pools_view()["aff"])["demand"]["mean_input_tokens"]
+                      and v, timeout=5)
+    print(f"/pools aff: desired {view['desired_replicas']}, demand {view['demand']}")
+    eps = view["endpoints"]
+    assert {e["address"] for e in eps} == {f"127.0.0.1:{pools.ports[f'aff{i}']}"
+                                           for i in range(4)}
+    assert all(e["fresh"] and e["scrape_age_s"] < 1.0 for e in eps)
+    assert max(e["prefix_hit_rate"] or 0.0 for e in eps) > 0.5  # the prefix's replica
+    assert sum(e["picks"] for e in eps) >= 6 and view["fail_open_s"] == 0
+    assert isinstance(view["desired_replicas"], int) and view["desired_replicas"] >= 1
+    assert view["demand"]["requests_per_s"] > 0
+    records = wait_until(lambda: (rs := [x for x in pools.ledger() if x["rid"] in rids])
+                         and len(rs) == len(rids) and rs, timeout=5)
+    for rec in records:
+        served = pools.served_by("aff", rids[rec["rid"]])
+        assert served and rec["endpoint"] == f"127.0.0.1:{pools.ports[f'aff{served[0]}']}"
+        assert rec["pick"] in ("prefix", "score")
+    assert sum(rec["pick"] == "prefix" for rec in records) >= 5  # one prefix, one replica
