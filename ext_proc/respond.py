@@ -154,6 +154,9 @@ def finish(st: RequestState, outcome: str = "completed") -> UsageRecord:
     st.logged = True
     backend = st.backend
     usage = (st.handler.usage if st.handler else None) or NO_USAGE
+    pick = st.pool_pick
+    if pick is not None and (backend is None or backend.provider.name != pick[0]):
+        pick = None  # failed over away from the pool: its pick did not serve the request
     return UsageRecord(
         rid=st.rid,
         model=st.model,
@@ -172,6 +175,8 @@ def finish(st: RequestState, outcome: str = "completed") -> UsageRecord:
         system=backend.provider.kind if backend else "",
         response_model=backend.model if backend else "",
         operation="embeddings" if st.ingress.name == "embeddings" else "chat",
+        endpoint=pick[1] if pick else "",
+        pick=pick[2] if pick else "",
     )
 
 

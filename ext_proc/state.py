@@ -53,6 +53,7 @@ class RequestState:
         "logged",
         "max_price_usd",
         "model",
+        "pool_pick",
         "rate_headers",
         "raw",
         "reservation",
@@ -108,6 +109,8 @@ class RequestState:
         self.klass = "interactive"
         self.reservation: Reservation | None = None
         self.rate_headers: tuple[tuple[str, str], ...] = ()
+        #: GPU pool pick: (pool, endpoint IP:PORT, reason), for the log line; None: no pool.
+        self.pool_pick: tuple[str, str, str] | None = None
 
     def attempt_for(self, cluster: str) -> Attempt | None:
         """The latest attempt that went to `cluster`."""
