@@ -39,7 +39,7 @@ POLL_S = 1.0
 #: Nodes are polled only while the status was read this recently.
 WATCHED_S = 30.0
 _SHORT = {"Cluster": "clusters", "Listener": "listeners", "RouteConfiguration": "routes",
-          "RoutingTable": "routing_table"}
+          "RoutingTable": "routing_table", "ClusterLoadAssignment": "fleet_members"}
 
 
 def _short(type_url: str) -> str:
@@ -139,6 +139,8 @@ class FleetStatus:
         snap = self.cp.envoy_store.snapshot
         table = self.cp.routing_store.table
         versions = {_short(t): v for t, v in (snap.versions.items() if snap else ())}
+        # the local cluster (the fleet's nodes), served apart from the config's snapshots
+        versions["fleet_members"] = self.cp.envoy_store.members_version
         if table is not None:
             versions["routing_table"] = table.version
         routing_nodes = {n.node_id: n for n in self.cp.routing_store.cache.nodes.values()}
@@ -203,6 +205,7 @@ class FleetStatus:
                                **_traffic(by_model.get(m.name, {}))})
         return {"config": {"path": str(self.cp.config_path),
                            "version": snap.version if snap else ""},
+                "fleet_members": list(self.cp.envoy_store.members),
                 "versions": versions, "nodes": nodes, "models": models,
                 "generated_at": time.time()}
 

@@ -6,6 +6,11 @@ checked (a route naming a cluster the snapshot lacks is refused), removed cluste
 routes lingering, and per Envoy and per type what was sent (version, nonce) and ACKed or
 NACKed. A NACK is logged with Envoy's error and nothing else changes: Envoy keeps the last
 config it accepted, and so does our record of it.
+
+Besides the compiled config, the store serves the fleet's membership: the bootstrap's local
+cluster (`FLEET_CLUSTER`, EDS) lists one endpoint per node id connected over ADS. A node that
+connects or whose stream ends changes it, and every Envoy gets the new list: the quota safety
+net (`local_cluster_rate_limit`) divides each bucket by its size.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from control_plane.cache import Cache, NodeState, WholeResources
+from control_plane.cache import Cache, Due, NodeState, WholeResources, digest
 from control_plane.compile import (
     CLUSTER_TYPE,
     LISTENER_TYPE,
@@ -36,6 +41,8 @@ from control_plane.compile import (
     ROUTE_TYPE,
     Snapshot,
 )
+from control_plane.compile.names import ENDPOINT_TYPE, FLEET_CLUSTER
+from control_plane.compile.quotas import fleet_assignment
 from protos import envoy_vendor_pb2
 
 log = structlog.get_logger("switchyard.xds")
@@ -114,22 +121,65 @@ class ModelRoutes:
 
 
 class SnapshotStore(Cache[Snapshot]):
-    """Envoy's snapshot cache; shared by the ADS server and the control plane's publisher."""
+    """Envoy's snapshot cache; shared by the ADS server and the control plane's publisher.
+    It also serves the fleet's membership, apart from the config's snapshots (see module
+    doc): a node joining or leaving changes no config version."""
 
     def __init__(self, linger_s: float = 0.0, clock: Callable[[], float] = time.monotonic
                  ) -> None:
         super().__init__(PUSH_ORDER, references=envoy_references, linger_s=linger_s,
                          linger={CLUSTER_TYPE: WholeResources(), ROUTE_TYPE: ModelRoutes()},
                          clock=clock)
+        #: Node ids of the Envoys connected now: the local cluster's endpoints.
+        self.members: tuple[str, ...] = ()
+        self.members_assignment = fleet_assignment(())
+        self.members_version = digest((self.members_assignment,))
+        self._members_changed = asyncio.Condition()
 
     @property
     def envoys(self) -> dict[Hashable, NodeState]:
         """Connected Envoys (one per ADS stream) and what each was sent and accepted."""
         return self.nodes
 
+    async def update_members(self) -> None:
+        """Recount the connected Envoys; a changed membership wakes every stream."""
+        members = tuple(sorted({n.node_id for n in self.nodes.values() if n.node_id}))
+        if members == self.members:
+            return
+        self.members = members
+        self.members_assignment = fleet_assignment(members)
+        self.members_version = digest((self.members_assignment,))
+        log.info("fleet membership", nodes=len(members), node_ids=list(members))
+        async with self._members_changed:
+            self._members_changed.notify_all()
+
+    async def wait_members(self, version: str) -> str:
+        """Return the membership's version once it differs from `version`."""
+        async with self._members_changed:
+            await self._members_changed.wait_for(lambda: self.members_version != version)
+            return self.members_version
+
+    async def disconnect(self, key: Hashable) -> NodeState | None:
+        node = await super().disconnect(key)
+        await self.update_members()
+        return node
+
+    def due(self, node: NodeState) -> list[Due]:
+        """The config's types in push order, and before them the membership (the local
+        cluster is static: nothing has to land before it) when the node asked for it."""
+        out = super().due(node)
+        state = node.types.get(ENDPOINT_TYPE)
+        if (state is not None and state.subscribed and not state.in_flight
+                and self.members_version not in (state.sent_version, state.acked_version)):
+            wanted = not state.names or FLEET_CLUSTER in state.names
+            out.insert(0, Due(ENDPOINT_TYPE, self.members_version,
+                              (self.members_assignment,) if wanted else ()))
+        return out
+
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """Aggregated discovery: one stream per Envoy carries CDS, LDS and RDS in push order."""
+    """Aggregated discovery: one stream per Envoy carries CDS, LDS and RDS in push order, and
+    EDS for the fleet's local cluster."""
 
     def __init__(self, store: SnapshotStore) -> None:
         self._store = store
@@ -141,7 +191,9 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     ) -> None:
         stream_id = next(self._ids)
         envoy = self._store.connect(stream_id)
-        events: asyncio.Queue[discovery_pb2.DiscoveryRequest | Snapshot | None] = asyncio.Queue()
+        # a request, a new config view, a new membership version, or the end of the stream
+        events: asyncio.Queue[discovery_pb2.DiscoveryRequest | Snapshot | str | None] = (
+            asyncio.Queue())
 
         async def read() -> None:
             try:
@@ -160,7 +212,14 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 version = snap.version
                 await events.put(snap)
 
-        tasks = [asyncio.create_task(read()), asyncio.create_task(watch())]
+        async def watch_members() -> None:
+            version = self._store.members_version
+            while True:
+                version = await self._store.wait_members(version)
+                await events.put(version)
+
+        tasks = [asyncio.create_task(read()), asyncio.create_task(watch()),
+                 asyncio.create_task(watch_members())]
         try:
             while True:
                 event = await events.get()
@@ -182,6 +241,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             envoy.metadata = {k: v.string_value for k, v in req.node.metadata.fields.items()
                               if v.string_value}
             log.info("envoy connected", node=envoy.node_id, **envoy.metadata)
+            await self._store.update_members()
         state = self._store.subscribe(envoy, req.type_url, req.resource_names)
         if req.response_nonce and req.response_nonce == state.nonce:
             if req.HasField("error_detail"):

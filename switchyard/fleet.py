@@ -24,7 +24,7 @@ from string import Template
 from typing import IO
 
 from control_plane.compile import EXT_PROC_CLUSTER, XDS_CLUSTER
-from control_plane.compile.names import LISTENER_NAME
+from control_plane.compile.names import FLEET_CLUSTER, LISTENER_NAME
 from control_plane.config import ExtProcSettings, Limits
 from switchyard.launcher import BOOTSTRAP_TEMPLATE, envoy_binary
 from switchyard.processes import Children, work_dir
@@ -73,7 +73,7 @@ class Node(Children):
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
             ext_proc_endpoint=f'{{pipe: {{path: "{sock}"}}}}', ext_proc_cluster=EXT_PROC_CLUSTER,
-            xds_cluster=XDS_CLUSTER, node_id=self.node_id,
+            xds_cluster=XDS_CLUSTER, fleet_cluster=FLEET_CLUSTER, node_id=self.node_id,
             listen=(":".join(map(str, host_port(self.listen))) if self.listen else ""),
             status_url=self.status_url, admin_address=a_host, admin_port=a_port,
             xds_address=socket.gethostbyname(cp_host), xds_port=cp_port,

@@ -20,7 +20,7 @@ from string import Template
 from typing import IO
 
 from control_plane.compile import EXT_PROC_CLUSTER, XDS_CLUSTER
-from control_plane.compile.names import LISTENER_NAME
+from control_plane.compile.names import FLEET_CLUSTER, LISTENER_NAME
 from control_plane.config import GatewayConfig, load_config
 from switchyard.processes import Children, work_dir
 
@@ -56,7 +56,7 @@ def render_bootstrap(cfg: GatewayConfig, node_id: str, ext_proc_socket: Path | N
                 f'port_value: {cfg.ext_proc.port}}}}}')
     return Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
         ext_proc_endpoint=endpoint,
-        ext_proc_cluster=EXT_PROC_CLUSTER, xds_cluster=XDS_CLUSTER,
+        ext_proc_cluster=EXT_PROC_CLUSTER, xds_cluster=XDS_CLUSTER, fleet_cluster=FLEET_CLUSTER,
         node_id=node_id, listen=listen,
         status_url=status_url or f"http://{cfg.ext_proc.address}:{cfg.ext_proc.metrics_port}",
         admin_address=cfg.admin.address, admin_port=cfg.admin.port,

@@ -14,6 +14,7 @@ from switchyard.contract import HEDGE_PREFIX
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 #: Order in which a new snapshot is pushed: clusters land before anything that names them.
 PUSH_ORDER = (CLUSTER_TYPE, LISTENER_TYPE, ROUTE_TYPE)
 
@@ -21,6 +22,9 @@ LISTENER_NAME = "switchyard_http"
 ROUTE_CONFIG_NAME = "switchyard_routes"
 EXT_PROC_CLUSTER = "switchyard_ext_proc"
 XDS_CLUSTER = "switchyard_xds"
+#: The bootstrap's local cluster: one endpoint per gateway node connected to the control plane
+#: (EDS over ADS), so Envoy's quota safety net divides its buckets by the fleet's size.
+FLEET_CLUSTER = "switchyard_fleet"
 #: Name prefix of the per-model routes (`chat:<alias>`, whatever the ingress API).
 MODEL_ROUTE_PREFIX = "chat:"
 

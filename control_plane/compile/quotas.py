@@ -4,6 +4,10 @@
   listener with one token bucket per provider and per backend, keyed by descriptors that the
   model routes read from the route phase's dynamic metadata (the request's first candidate).
   Envoy answers 429 itself once a bucket is empty, so a quota holds even if ext_proc misjudges.
+  The buckets are shared by the fleet (`local_cluster_rate_limit`): the bootstrap's local
+  cluster (`FLEET_CLUSTER`) has one endpoint per node connected to the control plane
+  (`fleet_assignment`, pushed over ADS as nodes come and go), and each Envoy charges a request
+  N tokens when it has N members, so N nodes together admit one quota, burst included.
   Local rate limits are not available as upstream (per-cluster) filters in Envoy 1.40, so the
   net covers first attempts; failovers are covered by admission control and circuit breakers.
 * **Concurrency** (`max_concurrent`): the backend cluster's circuit breaker.
@@ -15,13 +19,18 @@ usage and stay with admission control.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterable
 from typing import Any
 
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import (  # noqa: F401  (Any registry)
     local_rate_limit_pb2,
 )
+from google.protobuf import json_format
 
+from control_plane.compile.names import FLEET_CLUSTER
 from control_plane.config import Backend, GatewayConfig, Provider
 from switchyard.contract import FIRST_BACKEND_KEY, FIRST_PROVIDER_KEY, METADATA_NAMESPACE
 
@@ -81,11 +90,30 @@ def local_rate_limit_filter(cfg: GatewayConfig, backends: dict[str, Backend]
                          "fill_interval": "1s"},
         "filter_enabled": always,
         "filter_enforced": always,
+        # One quota for the whole fleet: each bucket divided by the local cluster's members.
+        "local_cluster_rate_limit": {},
         "descriptors": descriptors,
         "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
         "response_headers_to_add": [{"append_action": "OVERWRITE_IF_EXISTS_OR_ADD", "header": {
             "key": "retry-after", "value": "1"}}],
     }}
+
+
+def _member_path(node_id: str) -> str:
+    """A member's endpoint: a Unix socket path naming the node (unique per node id, never
+    connected to: the cluster only counts), hashed when too long for a socket path."""
+    if len(node_id) > 64:
+        node_id = hashlib.sha256(node_id.encode()).hexdigest()[:32]
+    return f"/switchyard/fleet/{node_id}"
+
+
+def fleet_assignment(node_ids: Iterable[str]) -> endpoint_pb2.ClusterLoadAssignment:
+    """The local cluster's endpoints: one per gateway node (by node id). Envoy's local rate
+    limit with `local_cluster_rate_limit` takes 1 / their number of each bucket."""
+    return json_format.ParseDict({"cluster_name": FLEET_CLUSTER, "endpoints": [{
+        "lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": _member_path(n)}}}}
+                         for n in sorted(set(node_ids))]}]},
+        endpoint_pb2.ClusterLoadAssignment())
 
 
 def route_rate_limits() -> list[dict[str, Any]]:
@@ -103,12 +131,12 @@ def route_rate_limits() -> list[dict[str, Any]]:
 def summary(cfg: GatewayConfig, backends: dict[str, Backend]) -> list[str]:
     """`switchyard validate` lines: what Envoy itself enforces per provider and backend."""
     providers, clusters = rpm_limits(cfg, backends)
-    lines = [f"quota provider {n}: {rpm:g} rpm (Envoy local rate limit)"
-             for n, rpm in sorted(providers.items())]
+    net = "(Envoy local rate limit, shared by the fleet's nodes)"
+    lines = [f"quota provider {n}: {rpm:g} rpm {net}" for n, rpm in sorted(providers.items())]
     for c, b in sorted(backends.items()):
         parts = []
         if c in clusters:
-            parts.append(f"{clusters[c]:g} rpm (Envoy local rate limit)")
+            parts.append(f"{clusters[c]:g} rpm {net}")
         cap = max_concurrent(cfg.providers[b.provider], b)
         if cap != cfg.providers[b.provider].max_concurrent_requests or c in clusters:
             parts.append(f"max {cap} concurrent (circuit breaker)")

@@ -18,13 +18,20 @@ from control_plane.compile import (
     ROUTE_TYPE,
     Snapshot,
 )
+from control_plane.compile.names import FLEET_CLUSTER
+from control_plane.compile.quotas import fleet_assignment
 from switchyard.launcher import envoy_binary
 
 
 def assert_envoy_accepts(snap: Snapshot, tmp_path: Path) -> None:
     """Feed the snapshot's listener (routes inlined instead of RDS) and clusters, as binary
-    protobuf (vendored fields included), plus an ext_proc cluster, to `envoy --mode validate`."""
+    protobuf (vendored fields included), plus an ext_proc cluster and the fleet's local
+    cluster (static here, with two members), to `envoy --mode validate`."""
     bootstrap = bootstrap_pb2.Bootstrap()
+    bootstrap.cluster_manager.local_cluster_name = FLEET_CLUSTER
+    fleet = bootstrap.static_resources.clusters.add(name=FLEET_CLUSTER, type="STATIC")
+    fleet.connect_timeout.FromSeconds(1)
+    fleet.load_assignment.CopyFrom(fleet_assignment(["node-1", "node-2"]))
     listener = bootstrap.static_resources.listeners.add()
     listener.CopyFrom(snap.resources[LISTENER_TYPE][0])
     hcm = http_connection_manager_pb2.HttpConnectionManager()

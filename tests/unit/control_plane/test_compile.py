@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import orjson
+import yaml
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
@@ -16,10 +18,13 @@ from control_plane.compile import (
     ROUTE_TYPE,
     compile_config,
 )
+from control_plane.compile.names import FLEET_CLUSTER
+from control_plane.compile.quotas import fleet_assignment
 from control_plane.compile.routes import model_path_regex
 from control_plane.config import parse_config
 from protos import envoy_vendor_pb2
 from switchyard.contract import INGRESS_PATHS_REGEX
+from switchyard.launcher import render_bootstrap
 from tests.unit.control_plane.envoy_check import assert_envoy_accepts
 
 CONFIG = """\
@@ -208,9 +213,42 @@ def test_quotas_compile_into_envoy_local_rate_limit_and_circuit_breakers() -> No
                 for c in snap.resources[CLUSTER_TYPE]}
     assert [v for k, v in breakers.items() if k.startswith("sim")] == [20]
     lines = "\n".join(snap.summary)
-    assert "quota provider sim: 600 rpm (Envoy local rate limit)" in lines
-    assert "30 rpm (Envoy local rate limit)" in lines
+    net = "(Envoy local rate limit, shared by the fleet's nodes)"
+    assert f"quota provider sim: 600 rpm {net}" in lines
+    assert f"30 rpm {net}" in lines
     # The routing table carries the same limits to ext_proc's admission control.
     doc = orjson.loads(snap.routing.admission_json)
     assert doc["providers"]["sim"] == {"rpm": 600, "tpm": 100000, "max_concurrent": 20}
     assert doc["tenants"] is None and plain.routing.admission_json == ""
+
+
+def test_quota_safety_net_is_one_bucket_for_the_whole_fleet() -> None:
+    """The listener's buckets are divided by the local cluster's members
+    (`local_cluster_rate_limit`), whose endpoints are the fleet's nodes, one per node id."""
+    snap = compile_config(parse_config(_with_quotas(CONFIG), "c.yaml"))
+    hcm = http_connection_manager_pb2.HttpConnectionManager()
+    snap.resources[LISTENER_TYPE][0].filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    (rl,) = [f for f in hcm.http_filters if f.name == "envoy.filters.http.local_ratelimit"]
+    conf = local_rate_limit_pb2.LocalRateLimit()
+    rl.typed_config.Unpack(conf)
+    assert conf.HasField("local_cluster_rate_limit")
+    assert not conf.local_rate_limit_per_downstream_connection  # Envoy refuses both
+    buckets = {d.entries[0].value: d.token_bucket.max_tokens for d in conf.descriptors}
+    assert buckets["sim"] == 600  # the fleet's quota: each Envoy charges N tokens per request
+
+    cla = fleet_assignment(["node-b", "node-a", "node-b"])
+    assert cla.cluster_name == FLEET_CLUSTER
+    paths = [e.endpoint.address.pipe.path for e in cla.endpoints[0].lb_endpoints]
+    assert paths == ["/switchyard/fleet/node-a", "/switchyard/fleet/node-b"]
+    long_id = fleet_assignment(["n" * 200]).endpoints[0].lb_endpoints[0]
+    assert len(long_id.endpoint.address.pipe.path) < 100  # fits a Unix socket path
+    assert len(fleet_assignment([]).endpoints[0].lb_endpoints) == 0
+
+
+def test_bootstrap_names_the_fleet_as_local_cluster_over_ads() -> None:
+    cfg = parse_config(CONFIG, "c.yaml")
+    boot = yaml.safe_load(render_bootstrap(cfg, node_id="n"))
+    assert boot["cluster_manager"]["local_cluster_name"] == FLEET_CLUSTER
+    (fleet,) = [c for c in boot["static_resources"]["clusters"] if c["name"] == FLEET_CLUSTER]
+    assert fleet["type"] == "EDS"
+    assert fleet["eds_cluster_config"]["eds_config"] == {"ads": {}, "resource_api_version": "V3"}

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.rpc import status_pb2
 
@@ -21,6 +22,7 @@ from control_plane.compile import (
     ROUTE_TYPE,
     compile_config,
 )
+from control_plane.compile.names import ENDPOINT_TYPE, FLEET_CLUSTER
 from control_plane.config import parse_config
 from control_plane.xds import AdsServer, SnapshotStore
 
@@ -40,7 +42,9 @@ def _snapshot(model: str = "a"):  # type: ignore[no-untyped-def]
 class Client:
     """A minimal xDS client speaking to the ADS server like Envoy does."""
 
-    def __init__(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub) -> None:
+    def __init__(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub,
+                 node_id: str = "test-envoy") -> None:
+        self.node_id = node_id
         self.out: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
         self.inbox: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
         self.call = stub.StreamAggregatedResources(self._requests())
@@ -59,7 +63,7 @@ class Client:
                    names: tuple[str, ...] = (), error: str | None = None) -> None:
         req = discovery_pb2.DiscoveryRequest(
             type_url=type_url, version_info=version, response_nonce=nonce,
-            resource_names=list(names), node=base_pb2.Node(id="test-envoy"))
+            resource_names=list(names), node=base_pb2.Node(id=self.node_id))
         if error is not None:
             req.error_detail.CopyFrom(status_pb2.Status(code=3, message=error))
         await self.out.put(req)
@@ -74,7 +78,8 @@ class Client:
 
 
 @pytest.fixture
-async def ads() -> AsyncIterator[tuple[SnapshotStore, Client]]:
+async def ads_stub() -> AsyncIterator[tuple[SnapshotStore,
+                                            ads_pb2_grpc.AggregatedDiscoveryServiceStub]]:
     store = SnapshotStore()
     await store.set(_snapshot())
     server = grpc.aio.server()
@@ -82,11 +87,18 @@ async def ads() -> AsyncIterator[tuple[SnapshotStore, Client]]:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    client = Client(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel))
-    yield store, client
-    await client.close()
+    yield store, ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
     await channel.close()
     await server.stop(0)
+
+
+@pytest.fixture
+async def ads(ads_stub: tuple[SnapshotStore, ads_pb2_grpc.AggregatedDiscoveryServiceStub]
+              ) -> AsyncIterator[tuple[SnapshotStore, Client]]:
+    store, stub = ads_stub
+    client = Client(stub)
+    yield store, client
+    await client.close()
 
 
 async def test_first_request_gets_full_state_then_ack_is_recorded(
@@ -159,3 +171,37 @@ async def test_reconnecting_envoy_with_current_version_gets_nothing(
     await client.send(CLUSTER_TYPE, version=version)
     with pytest.raises(TimeoutError):
         await client.recv(timeout=0.3)
+
+
+def _members(resp: discovery_pb2.DiscoveryResponse) -> list[str]:
+    (packed,) = resp.resources
+    cla = endpoint_pb2.ClusterLoadAssignment()
+    packed.Unpack(cla)
+    assert cla.cluster_name == FLEET_CLUSTER
+    return [e.endpoint.address.pipe.path.rsplit("/", 1)[-1]
+            for e in cla.endpoints[0].lb_endpoints]
+
+
+async def test_fleet_membership_follows_the_connected_envoys(
+        ads_stub: tuple[SnapshotStore, ads_pb2_grpc.AggregatedDiscoveryServiceStub]) -> None:
+    """The local cluster (EDS) lists every connected Envoy's node id: a node joining or
+    leaving is pushed to the others, and no config version changes for it."""
+    store, stub = ads_stub
+    config_version = store.snapshot.version  # type: ignore[union-attr]
+    one = Client(stub, "node-1")
+    await one.send(ENDPOINT_TYPE, names=(FLEET_CLUSTER,))
+    first = await one.recv()
+    assert first.type_url == ENDPOINT_TYPE and _members(first) == ["node-1"]  # alone: 1 member
+    await one.send(ENDPOINT_TYPE, first.version_info, first.nonce, names=(FLEET_CLUSTER,))
+    two = Client(stub, "node-2")
+    await two.send(ENDPOINT_TYPE, names=(FLEET_CLUSTER,))
+    assert _members(await two.recv()) == ["node-1", "node-2"]
+    joined = await one.recv()  # pushed to the node already there
+    assert _members(joined) == ["node-1", "node-2"]
+    await one.send(ENDPOINT_TYPE, joined.version_info, joined.nonce, names=(FLEET_CLUSTER,))
+    await two.close()
+    left = await one.recv()
+    assert _members(left) == ["node-1"] and left.version_info == first.version_info
+    assert store.members == ("node-1",)
+    assert store.snapshot.version == config_version  # type: ignore[union-attr]
+    await one.close()
