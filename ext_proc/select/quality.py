@@ -42,11 +42,33 @@ NORMAL_APPROX_FROM = 10.0
 
 class QualityModel:
     """Beta posteriors keyed by (cluster, category); the prior is read from the current
-    BackendInfo at use, so a config change of the prior takes effect at once."""
+    BackendInfo at use, so a config change of the prior takes effect at once.
+
+    `observed` is what this replica holds: its own feedback plus the fleet's when a
+    `ext_proc.select.fleet.FleetSync` merges it in (`set_observed`). The posterior parameters
+    of each (BackendInfo object, category) are cached until the next change: a Thompson draw
+    on the request path is then one dict lookup and one `gauss`."""
 
     def __init__(self) -> None:
         #: (cluster, category) -> [successes, failures] observed (no prior).
         self.observed: dict[tuple[str, str], list[float]] = {}
+        #: This replica's own feedback not yet pushed to the fleet (None: no fleet sync).
+        self.pending: dict[tuple[str, str], list[float]] | None = None
+        #: (id(backend), category) -> (backend, a, b, mean, sd); cleared on every change.
+        self._post: dict[tuple[int, str], tuple[BackendInfo, float, float, float, float]] = {}
+
+    def _posterior(self, backend: BackendInfo, category: str
+                   ) -> tuple[BackendInfo, float, float, float, float]:
+        c = self._post.get((id(backend), category))
+        if c is not None and c[0] is backend:  # the same object, not a reused id
+            return c
+        a, b = self._ab(backend, category)
+        n = a + b
+        c = (backend, a, b, a / n, math.sqrt(a * b / (n * n * (n + 1.0))))
+        if len(self._post) > 4096:  # old config versions' backends
+            self._post.clear()
+        self._post[(id(backend), category)] = c
+        return c
 
     def _ab(self, backend: BackendInfo, category: str) -> tuple[float, float]:
         mean, strength = prior_of(backend, category)
@@ -58,33 +80,45 @@ class QualityModel:
         return max(a, 1e-3), max(b, 1e-3)
 
     def mean(self, backend: BackendInfo, category: str) -> float:
-        a, b = self._ab(backend, category)
-        return a / (a + b)
+        return self._posterior(backend, category)[3]
 
     def sample(self, backend: BackendInfo, category: str, rng: random.Random) -> float:
         """A Thompson draw from the posterior. With enough evidence the Beta is close to a
         normal of the same mean and variance, drawn ~10x cheaper than `betavariate`."""
-        a, b = self._ab(backend, category)
-        n = a + b
-        if n < NORMAL_APPROX_FROM:
+        _, a, b, mean, sd = self._posterior(backend, category)
+        if a + b < NORMAL_APPROX_FROM:
             return rng.betavariate(a, b)
-        mean = a / n
-        sd = math.sqrt(a * b / (n * n * (n + 1.0)))
-        return min(1.0, max(0.0, rng.gauss(mean, sd)))
+        x = rng.gauss(mean, sd)
+        return 1.0 if x > 1.0 else (0.0 if x < 0.0 else x)
 
     def update(self, cluster: str, category: str, score: float) -> None:
-        obs = self.observed.setdefault((cluster, category), [0.0, 0.0])
-        obs[0] += score
-        obs[1] += 1.0 - score
-        total = obs[0] + obs[1]
-        if total > MAX_OBSERVATIONS:
-            f = MAX_OBSERVATIONS / total
-            obs[0] *= f
-            obs[1] *= f
+        """Feedback seen by this replica (also queued for the fleet)."""
+        _add(self.observed, cluster, category, score, 1.0 - score)
+        if self.pending is not None:
+            _add(self.pending, cluster, category, score, 1.0 - score)
+        self._post.clear()
+
+    def set_observed(self, observed: dict[tuple[str, str], list[float]]) -> None:
+        """Replace the observed counts (the fleet's totals plus what is still pending)."""
+        self.observed = observed
+        self._post.clear()
 
     def feedback_count(self, cluster: str, category: str) -> float:
         obs = self.observed.get((cluster, category))
         return obs[0] + obs[1] if obs else 0.0
+
+
+def _add(into: dict[tuple[str, str], list[float]], cluster: str, category: str,
+         good: float, bad: float) -> None:
+    """Add evidence, capped at MAX_OBSERVATIONS (older evidence scaled down)."""
+    obs = into.setdefault((cluster, category), [0.0, 0.0])
+    obs[0] += good
+    obs[1] += bad
+    total = obs[0] + obs[1]
+    if total > MAX_OBSERVATIONS:
+        f = MAX_OBSERVATIONS / total
+        obs[0] *= f
+        obs[1] *= f
 
 
 @dataclass(frozen=True, slots=True)

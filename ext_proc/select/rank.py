@@ -84,9 +84,10 @@ class SelectContext:
     classify: Classifier = field(default=classify)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Scored:
-    """One candidate's prediction, as it decided (explanations, /routing, replay)."""
+    """One candidate's prediction, as it decided (explanations, /routing, replay). Read-only
+    by convention: not frozen because a frozen dataclass costs ~1 us more per instance."""
 
     backend: BackendInfo
     cost_usd: float
@@ -100,9 +101,9 @@ class Scored:
     reason: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Selection:
-    """The ordered candidates of one request and why."""
+    """The ordered candidates of one request and why (read-only by convention, see Scored)."""
 
     candidates: tuple[BackendInfo, ...]
     #: Compact explanation (the x-switchyard-route header, the request log's `route`).
@@ -163,11 +164,43 @@ def expected_cost(b: BackendInfo, f: Features) -> float:
     return (f.prompt_tokens * b.price_input + f.output_tokens * b.price_output) / 1e6
 
 
+class _Plan:
+    """What selection derives from a model alone, computed once per (model, preset) object:
+    the resolved policy and the bounds that let most requests skip the capability and context
+    filters."""
+
+    __slots__ = ("lacks", "min_window", "model", "policy")
+
+    def __init__(self, model: ModelInfo, preset: str | None) -> None:
+        self.model = model
+        self.policy = policy_for(model, preset)
+        windows = [b.context_window for b in model.backends if b.context_window]
+        #: Smallest configured context window (0: none configured).
+        self.min_window = min(windows) if windows else 0
+        #: Every capability some backend lacks.
+        self.lacks: frozenset[str] = frozenset().union(*(b.lacks for b in model.backends))
+
+
+_PLANS: dict[tuple[int, str | None], _Plan] = {}
+_DEFAULT_POLICY = RoutingPolicy()
+
+
+def _plan_of(model: ModelInfo, preset: str | None) -> _Plan:
+    plan = _PLANS.get((id(model), preset))
+    if plan is None or plan.model is not model:  # a new table (or a reused id)
+        if len(_PLANS) > 1024:
+            _PLANS.clear()
+        plan = _PLANS[(id(model), preset)] = _Plan(model, preset)
+    return plan
+
+
 def rank_features(model: ModelInfo, f: Features, ctx: SelectContext) -> Selection:
     """Candidates for a request described by `f` (raises ContextTooLong / Unservable)."""
+    plan = _plan_of(model, ctx.preset)
     backends = model.backends
     dropped: list[tuple[str, str]] = []
-    if f.context_tokens and any(b.context_window for b in backends):
+    # Only when some backend may not fit (the common request fits them all).
+    if f.context_tokens and plan.min_window and f.context_tokens > plan.min_window:
         fitting = tuple(b for b in backends
                         if not b.context_window or b.context_window >= f.context_tokens)
         if not fitting:
@@ -175,7 +208,7 @@ def rank_features(model: ModelInfo, f: Features, ctx: SelectContext) -> Selectio
         if len(fitting) != len(backends):
             dropped.extend((b.label, "context") for b in backends if b not in fitting)
         backends = fitting
-    if f.needs and any(b.lacks for b in backends):
+    if f.needs and not f.needs.isdisjoint(plan.lacks):
         able = tuple(b for b in backends if not (f.needs & b.lacks))
         if not able:
             need = sorted(f.needs & frozenset().union(*(b.lacks for b in backends)))
@@ -185,11 +218,11 @@ def rank_features(model: ModelInfo, f: Features, ctx: SelectContext) -> Selectio
         dropped.extend((b.label, "+".join(sorted(f.needs & b.lacks)))
                        for b in backends if b not in able)
         backends = able
-    policy = policy_for(model, ctx.preset)
+    policy = plan.policy
     if policy is None:
         if ctx.slo_ttft_ms is None and ctx.max_price_usd is None:
             return _ordered(backends, f, ctx, dropped)
-        policy = RoutingPolicy()
+        policy = _DEFAULT_POLICY
     return _ranked(policy, backends, f, ctx, dropped)
 
 
@@ -219,92 +252,104 @@ def _ordered(backends: tuple[BackendInfo, ...], f: Features, ctx: SelectContext,
                      dropped=tuple(dropped), constraints_met=reasons[0] is None)
 
 
+_WANTS_Q = frozenset({"quality", "balanced"})
+_SLO_REASONS = frozenset({"slo_ttft", "slo_tpot"})
+
+
 def _ranked(policy: RoutingPolicy, backends: tuple[BackendInfo, ...], f: Features,
             ctx: SelectContext, dropped: list[tuple[str, str]]) -> Selection:
-    now, rng, stats, health, headroom = ctx.now, ctx.rng, ctx.stats, ctx.health, ctx.headroom
+    # The hot path of a model with a routing block: plain loops and locals, no helper calls
+    # per backend. Random draws happen in a fixed order (Thompson samples, then tie noise,
+    # then exploration), so a seeded generator reproduces a decision (replay, tests).
+    now, rng, headroom = ctx.now, ctx.rng, ctx.headroom
+    view, unhealthy = ctx.stats.view, ctx.health.unhealthy
     strategy = policy.strategy
     pct = policy.percentile
     slo_ttft = _tighter(policy.slo_ttft_ms, ctx.slo_ttft_ms)
-    slo_tpot = policy.slo_tpot_ms if f.stream else 0.0
+    stream = f.stream
+    slo_tpot = policy.slo_tpot_ms if stream else 0.0
     max_price = _tighter(policy.max_price_usd, ctx.max_price_usd)
-    wants_q = strategy in ("quality", "balanced")
+    min_quality = policy.min_quality
+    wants_q = strategy in _WANTS_Q
     qmodel, cat = ctx.quality, f.category
+    sample, qmean = qmodel.sample, qmodel.mean
+    pt, ot = f.prompt_tokens, f.output_tokens
     n = len(backends)
-    costs = [0.0] * n
-    lat: list[float | None] = [None] * n
-    ttft_pq: list[float | None] = [None] * n
-    ttft50: list[float | None] = [None] * n
-    tput: list[float | None] = [None] * n
-    qual: list[float | None] = [None] * n
-    reasons: list[str | None] = [None] * n
-    for i, b in enumerate(backends):
-        v = stats.view(b.cluster, now, pct)
-        cost = costs[i] = (f.prompt_tokens * b.price_input
-                           + f.output_tokens * b.price_output) / 1e6
-        ttft50[i] = v.ttft_p50
-        ttft_pq[i] = v.ttft_pq
-        if v.ttft_p50 is not None:
-            lat[i] = v.ttft_p50 + (v.tpot_p50 * f.output_tokens
-                                   if f.stream and v.tpot_p50 is not None else 0.0)
-        tput[i] = v.tokens_per_s
+    costs: list[float] = []
+    lat: list[float | None] = []
+    ttft_pq: list[float | None] = []
+    ttft50: list[float | None] = []
+    tput: list[float | None] = []
+    qual: list[float | None] = []
+    reasons: list[str | None] = []
+    tiers: list[int] = []
+    for b in backends:
+        v = view(b.cluster, now, pct)
+        cost = (pt * b.price_input + ot * b.price_output) / 1e6
+        costs.append(cost)
+        t50, tpq = v.ttft_p50, v.ttft_pq
+        ttft50.append(t50)
+        ttft_pq.append(tpq)
+        if t50 is not None:
+            tp50 = v.tpot_p50
+            lat.append(t50 + (tp50 * ot if stream and tp50 is not None else 0.0))
+        else:
+            lat.append(None)
+        tput.append(v.tokens_per_s)
         reason = None
-        if health.unhealthy(b.cluster, now):
+        if unhealthy(b.cluster, now):
             reason = "unhealthy"
         elif headroom is not None and not headroom(b):
             reason = "no_quota"
-        elif slo_ttft and v.ttft_pq is not None and v.ttft_pq > slo_ttft:
+        elif slo_ttft and tpq is not None and tpq > slo_ttft:
             reason = "slo_ttft"
         elif slo_tpot and v.tpot_pq is not None and v.tpot_pq > slo_tpot:
             reason = "slo_tpot"
         elif max_price and cost > max_price:
             reason = "price"
-        if wants_q:
-            qual[i] = qmodel.sample(b, cat, rng)
-        if policy.min_quality and reason is None:
-            mean = qmodel.mean(b, cat)
+        q = sample(b, cat, rng) if wants_q else None
+        if min_quality and reason is None:
+            mean = qmean(b, cat)
             if not wants_q:
-                qual[i] = mean
-            if mean < policy.min_quality:
+                q = mean
+            if mean < min_quality:
                 reason = "quality"
-        reasons[i] = reason
+        qual.append(q)
+        reasons.append(reason)
+        tiers.append(0 if reason is None else (1 if reason in _TIER1 else 2))
     keys = _keys(strategy, policy, costs, lat, tput, qual, rng)
-    order = sorted(range(n), key=lambda i: (_tier(reasons[i]), keys[i]))
+    # (tier, key, index): ties keep the configured order, as a stable sort would
+    order = [i for _, _, i in sorted(zip(tiers, keys, range(n), strict=True))]
     explored = False
-    if policy.explore > 0 and n > 1 and rng.random() < policy.explore:
-        others = [k for k in range(1, n) if _tier(reasons[order[k]]) < 2]
+    explore = policy.explore
+    if explore > 0 and n > 1 and rng.random() < explore:
+        others = [k for k in range(1, n) if tiers[order[k]] < 2]
         if others:
             k = others[rng.randrange(len(others))]
             probe = SLO_PROBE_BUDGET * (1.0 - pct / 100.0)
-            if (reasons[order[k]] not in ("slo_ttft", "slo_tpot")
-                    or rng.random() * policy.explore < probe):
+            if (reasons[order[k]] not in _SLO_REASONS
+                    or rng.random() * explore < probe):
                 order.insert(0, order.pop(k))
                 explored = True
-    cands = tuple(backends[i] for i in order)
-    scored = tuple(Scored(backends[i], costs[i], ttft50[i], ttft_pq[i], qual[i], reasons[i])
-                   for i in order)
-    met = reasons[order[0]] is None
+    cands = tuple([backends[i] for i in order])
+    scored = tuple([Scored(backends[i], costs[i], ttft50[i], ttft_pq[i], qual[i], reasons[i])
+                    for i in order])
     first = scored[0]
-    parts = [strategy, f"pick={first.backend.label}", f"cat={cat}"]
+    met = first.reason is None
+    explain = f"{strategy}; pick={first.backend.label}; cat={cat}"
     if first.ttft_ms is not None:
-        parts.append(f"ttft_ms={first.ttft_ms:.0f}")
-    parts.append(f"cost_usd={first.cost_usd:.3g}")
+        explain += f"; ttft_ms={first.ttft_ms:.0f}"
+    explain += f"; cost_usd={first.cost_usd:.3g}"
     if first.quality is not None:
-        parts.append(f"q={first.quality:.2f}")
+        explain += f"; q={first.quality:.2f}"
     if explored:
-        parts.append("explore")
+        explain += "; explore"
     if not met:
-        parts.append(f"unmet={first.reason}")
+        explain += f"; unmet={first.reason}"
     skipped = [(s.backend.label, s.reason) for s in scored[1:] if s.reason] + dropped
     if skipped:
-        parts.append("skipped=" + ",".join(f"{label}:{why}" for label, why in skipped))
-    return Selection(cands, "; ".join(parts), strategy, cat, explored, met, scored,
-                     tuple(dropped))
-
-
-def _tier(reason: str | None) -> int:
-    if reason is None:
-        return 0
-    return 1 if reason in _TIER1 else 2
+        explain += "; skipped=" + ",".join([f"{label}:{why}" for label, why in skipped])
+    return Selection(cands, explain, strategy, cat, explored, met, scored, tuple(dropped))
 
 
 def _keys(strategy: str, policy: RoutingPolicy, costs: list[float],
@@ -333,12 +378,15 @@ def _keys(strategy: str, policy: RoutingPolicy, costs: list[float],
     fastest = max(min(known), 1e-3) if known else 1.0
     qs = [q if q is not None else 0.0 for q in qual]
     qbest = max(qs)
+    wc, wl, wq = policy.weight_cost, policy.weight_latency, policy.weight_quality * QUALITY_SCALE
+    log2 = math.log2
     out = []
     for i in range(n):
-        u = -policy.weight_cost * math.log2(max(costs[i], 1e-12) / cheapest)
+        c = costs[i]
+        u = -wc * log2((c if c > 1e-12 else 1e-12) / cheapest)
         x = lat[i]
         if x is not None:
-            u -= policy.weight_latency * math.log2(max(x, 1e-3) / fastest)
-        u += policy.weight_quality * QUALITY_SCALE * (qs[i] - qbest)
+            u -= wl * log2((x if x > 1e-3 else 1e-3) / fastest)
+        u += wq * (qs[i] - qbest)
         out.append(-u + TIE_JITTER * r())
     return out
