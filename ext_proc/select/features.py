@@ -2,10 +2,10 @@
 tokens, the capabilities it needs, and its task category.
 
 The task category comes from a cheap, local heuristic (`classify`: keyword sets and a few
-guarded substring marks over the first 600 characters of the last user message, 5-15 us); any callable with the same
-signature can replace it (`SelectContext.classify`). Its accuracy on the labelled prompt set
-`tests/data/task_categories.jsonl` is measured by `tests/unit/test_select_category.py` and
-reported in docs/decisions.md.
+guarded substring marks over the first 600 characters of the last user message, 5-15 us);
+any callable with the same signature can replace it (`SelectContext.classify`). Its accuracy
+on the labelled prompt set `tests/data/task_categories.jsonl` is measured by
+`tests/unit/test_select_category.py` and reported in docs/decisions.md.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ evidence scaled down) so a backend whose quality changes is re-learned.
 
 Which response was served by what: `Served` remembers (bounded LRU) response id ->
 (model, backend cluster, category) for `POST /v1/feedback`.
+
+With `shared_state.redis` set, `ext_proc.select.fleet` shares the counts and the served ids
+across the replicas (`pending` / `fresh` hold what is not yet pushed).
 """
 
 from __future__ import annotations
@@ -93,9 +96,9 @@ class QualityModel:
 
     def update(self, cluster: str, category: str, score: float) -> None:
         """Feedback seen by this replica (also queued for the fleet)."""
-        _add(self.observed, cluster, category, score, 1.0 - score)
+        add_evidence(self.observed, cluster, category, score, 1.0 - score)
         if self.pending is not None:
-            _add(self.pending, cluster, category, score, 1.0 - score)
+            add_evidence(self.pending, cluster, category, score, 1.0 - score)
         self._post.clear()
 
     def set_observed(self, observed: dict[tuple[str, str], list[float]]) -> None:
@@ -108,7 +111,7 @@ class QualityModel:
         return obs[0] + obs[1] if obs else 0.0
 
 
-def _add(into: dict[tuple[str, str], list[float]], cluster: str, category: str,
+def add_evidence(into: dict[tuple[str, str], list[float]], cluster: str, category: str,
          good: float, bad: float) -> None:
     """Add evidence, capped at MAX_OBSERVATIONS (older evidence scaled down)."""
     obs = into.setdefault((cluster, category), [0.0, 0.0])
@@ -134,11 +137,15 @@ class Served:
     def __init__(self, capacity: int = SERVED_CAPACITY) -> None:
         self.capacity = capacity
         self._by_id: OrderedDict[str, ServedBy] = OrderedDict()
+        #: Remembered since the last fleet sync (None: no fleet sync).
+        self.fresh: list[tuple[str, ServedBy]] | None = None
 
     def remember(self, response_id: str, served: ServedBy) -> None:
         self._by_id[response_id] = served
         if len(self._by_id) > self.capacity:
             self._by_id.popitem(last=False)
+        if self.fresh is not None:
+            self.fresh.append((response_id, served))
 
     def get(self, response_id: str) -> ServedBy | None:
         return self._by_id.get(response_id)

@@ -11,8 +11,11 @@ Selection reads a `StatsView` (quantiles cached for `VIEW_TTL_S`): the per-reque
 dict lookup, not a histogram scan. Fed at the end of each request (`observe`, from the
 request's `UsageRecord`) and by every attempt's status (`observe_status`).
 
-Per replica only: sharing the sketches through Redis is not done yet (each replica learns from
-its own traffic, which is the same traffic mix; exploration keeps each one's view fresh).
+Fleet: with `shared_state.redis` set, `ext_proc.select.fleet.FleetSync` publishes this
+replica's own sketches (`snapshot`) and hands each backend the sum of the other replicas'
+(`set_remote`). Forward-decayed histograms add exactly: the fleet's sketch of a backend is the
+sum of each replica's, each decayed by its age, so a backend one replica saw degrade moves
+every replica's quantiles at the next sync.
 """
 
 from __future__ import annotations
@@ -94,6 +97,34 @@ class DecayedSketch:
     def mean(self) -> float | None:
         return self.wsum / self.total if self.total > 0.0 else None
 
+    def export(self, factor: float) -> list[float]:
+        """[total, wsum, count, i0, w0, i1, w1, ...] scaled by `factor` (non-empty buckets)."""
+        out = [self.total * factor, self.wsum * factor, float(self.count)]
+        for i, b in enumerate(self.buckets):
+            if b > 0.0:
+                out.append(float(i))
+                out.append(b * factor)
+        return out
+
+    def absorb(self, data: list[float], factor: float) -> None:
+        """Add an `export` scaled by `factor` (a replica's sketch, decayed to this clock)."""
+        self.total += data[0] * factor
+        self.wsum += data[1] * factor
+        self.count += int(data[2])
+        buckets = self.buckets
+        last = len(buckets) - 1
+        for k in range(3, len(data) - 1, 2):
+            i = int(data[k])
+            buckets[i if 0 <= i <= last else last] += data[k + 1] * factor
+
+    def plus(self, other: DecayedSketch) -> DecayedSketch:
+        out = DecayedSketch()
+        out.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        out.total = self.total + other.total
+        out.wsum = self.wsum + other.wsum
+        out.count = self.count + other.count
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class StatsView:
@@ -136,7 +167,7 @@ class BackendStats:
     """Decayed statistics of one backend cluster."""
 
     __slots__ = ("_clock", "_views", "attempts", "errors", "gen_s", "latency", "out_tokens",
-                 "rate_limited", "tpot", "ttft")
+                 "rate_limited", "remote", "tpot", "ttft")
 
     def __init__(self, now: float) -> None:
         self._clock = _Clock(now)
@@ -150,6 +181,8 @@ class BackendStats:
         self.gen_s = 0.0
         #: percentile -> (computed at, view)
         self._views: dict[float, tuple[float, StatsView]] = {}
+        #: The other replicas' statistics of this backend, in this clock's units (fleet).
+        self.remote: BackendStats | None = None
 
     def _weight(self, now: float) -> float:
         if (now - self._clock.t0) / _TAU > _MAX_EXPONENT:
@@ -166,6 +199,8 @@ class BackendStats:
         self.out_tokens *= factor
         self.gen_s *= factor
         self._clock.t0 = now
+        if self.remote is not None:
+            self.remote._rescale(now)
 
     def observe(self, now: float, ttft_ms: float | None, latency_ms: float,
                 completion_tokens: int) -> None:
@@ -195,17 +230,63 @@ class BackendStats:
             return cached[1]
         q = percentile / 100.0
         clock = self._clock.weight(now)
+        ttft, tpot, latency = self.ttft, self.tpot, self.latency
+        attempts, errors, limited = self.attempts, self.errors, self.rate_limited
+        out_tokens, gen_s = self.out_tokens, self.gen_s
+        r = self.remote
+        if r is not None:  # the fleet's: ours plus the others' (same clock)
+            ttft, tpot, latency = ttft.plus(r.ttft), tpot.plus(r.tpot), latency.plus(r.latency)
+            attempts += r.attempts
+            errors += r.errors
+            limited += r.rate_limited
+            out_tokens += r.out_tokens
+            gen_s += r.gen_s
         view = StatsView(
-            ttft_p50=self.ttft.quantile(0.5), ttft_pq=self.ttft.quantile(q),
-            tpot_p50=self.tpot.quantile(0.5), tpot_pq=self.tpot.quantile(q),
-            latency_p50=self.latency.quantile(0.5), latency_pq=self.latency.quantile(q),
-            error_rate=self.errors / self.attempts if self.attempts > 0 else 0.0,
-            rate_limited=self.rate_limited / self.attempts if self.attempts > 0 else 0.0,
-            tokens_per_s=self.out_tokens / self.gen_s if self.gen_s > 0 else None,
-            weight=self.latency.total / clock if clock > 0 else 0.0,
-            samples=self.latency.count, percentile=percentile)
+            ttft_p50=ttft.quantile(0.5), ttft_pq=ttft.quantile(q),
+            tpot_p50=tpot.quantile(0.5), tpot_pq=tpot.quantile(q),
+            latency_p50=latency.quantile(0.5), latency_pq=latency.quantile(q),
+            error_rate=errors / attempts if attempts > 0 else 0.0,
+            rate_limited=limited / attempts if attempts > 0 else 0.0,
+            tokens_per_s=out_tokens / gen_s if gen_s > 0 else None,
+            weight=latency.total / clock if clock > 0 else 0.0,
+            samples=latency.count, percentile=percentile)
         self._views[percentile] = (now, view)
         return view
+
+    # -- fleet ----------------------------------------------------------------------------
+    def snapshot(self, now: float) -> dict[str, list[float]] | None:
+        """This replica's own statistics, decayed to `now` (weights as of now); None when
+        they have decayed to nothing (no traffic for minutes)."""
+        w = self._weight(now)
+        factor = 1.0 / w
+        if (self.latency.total + self.attempts) * factor < 1e-6:
+            return None
+        return {"ttft": self.ttft.export(factor), "tpot": self.tpot.export(factor),
+                "lat": self.latency.export(factor),
+                "n": [self.attempts * factor, self.errors * factor, self.rate_limited * factor,
+                      self.out_tokens * factor, self.gen_s * factor]}
+
+    def set_remote(self, parts: list[tuple[float, dict[str, list[float]]]], now: float) -> None:
+        """Replace the others' statistics: (age in seconds, `snapshot`) per other replica."""
+        if not parts:
+            self.remote = None
+            self._views.clear()
+            return
+        w = self._weight(now)  # rescales first when due, so the factors stay finite
+        r = BackendStats(self._clock.t0)
+        for age, snap in parts:
+            factor = w * math.exp(-max(age, 0.0) / _TAU)
+            r.ttft.absorb(snap["ttft"], factor)
+            r.tpot.absorb(snap["tpot"], factor)
+            r.latency.absorb(snap["lat"], factor)
+            n = snap["n"]
+            r.attempts += n[0] * factor
+            r.errors += n[1] * factor
+            r.rate_limited += n[2] * factor
+            r.out_tokens += n[3] * factor
+            r.gen_s += n[4] * factor
+        self.remote = r
+        self._views.clear()
 
 
 _EMPTY = StatsView(None, None, None, None, None, None, 0.0, 0.0, None, 0.0, 0, 95.0)
@@ -241,3 +322,27 @@ class LiveStats:
         if s is None:
             return _EMPTY
         return s.view(now, percentile)
+
+    # -- fleet ----------------------------------------------------------------------------
+    def snapshot(self, now: float) -> dict[str, dict[str, list[float]]]:
+        """cluster -> this replica's own statistics as of `now` (what it publishes)."""
+        out = {}
+        for cluster, s in self.backends.items():
+            snap = s.snapshot(now)
+            if snap is not None:
+                out[cluster] = snap
+        return out
+
+    def set_remote(self, others: list[tuple[float, dict[str, dict[str, list[float]]]]],
+                   now: float) -> None:
+        """The other replicas' snapshots, (age in seconds, cluster -> snapshot) each, become
+        every backend's remote part (a backend only they have served gets an entry too)."""
+        by: dict[str, list[tuple[float, dict[str, list[float]]]]] = {}
+        for age, snaps in others:
+            for cluster, snap in snaps.items():
+                by.setdefault(cluster, []).append((age, snap))
+        for cluster, s in self.backends.items():
+            if cluster not in by and s.remote is not None:
+                s.set_remote([], now)
+        for cluster, parts in by.items():
+            self._of(cluster, now).set_remote(parts, now)
