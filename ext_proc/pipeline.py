@@ -16,7 +16,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from ext_proc import attempt, envoy, respond, route
 from ext_proc.admission.gate import Gate, unauthenticated
 from ext_proc.ingress import INGRESS
-from ext_proc.select import Selector
+from ext_proc.select import FeedbackReply, Selector
 from ext_proc.select.pool_route import pick_endpoint, steer
 from ext_proc.state import RequestState
 from ext_proc.stats import BackendHealth
@@ -167,9 +167,14 @@ class Pipeline:
                 if rid:
                     self.selector.remember(rid, st.model, cluster, sel.category)
 
-    def _feedback(self, raw: bytes) -> pb.ProcessingResponse:
+    async def feedback(self, raw: bytes) -> pb.ProcessingResponse:
+        """`POST /v1/feedback` (the server awaits it): as `_feedback`, and a response id
+        another replica served is looked up in the fleet's Redis."""
+        return self._feedback(raw, await self.selector.feedback_async(raw))
+
+    def _feedback(self, raw: bytes, r: FeedbackReply | None = None) -> pb.ProcessingResponse:
         """`POST /v1/feedback`: update the quality estimate of what served a response."""
-        r = self.selector.feedback(raw)
+        r = r or self.selector.feedback(raw)
         if r.body is not None:
             return envoy.immediate(r.status, orjson.dumps(r.body), "feedback")
         return envoy.reject(INGRESS[CHAT_PATH], route.Reject(

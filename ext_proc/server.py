@@ -66,6 +66,9 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     st = p.new_request()
                     yield p.response(st, req)
                 elif kind == "request_body":
+                    if st.feedback:  # may look the response id up in Redis (awaited)
+                        yield await p.feedback(req.request_body.body)
+                        continue
                     reply = p.request_body(st, req.request_body.body)
                     if isinstance(reply, Wait):  # queued for headroom
                         yield envoy.extend_timeout(reply.deadline - time.monotonic() + 1)
@@ -88,6 +91,7 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
 
     def on_update(routes: Routes) -> None:
         gate.configure(routes.admission_json)
+        selector.share(gate.redis_url)  # live selection's fleet state: the same Redis
         warm(routes.clusters.values())
         pools.sync_routes(routes)  # GPU pools are scraped before their first request
 
