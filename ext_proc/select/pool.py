@@ -38,6 +38,13 @@ VNODES = 64
 #: Bounded load allows this many requests over the cap (small pools at low load would
 #: otherwise break affinity for a single request in flight).
 LOAD_SLACK = 1
+#: Hot prefixes (spread evenly, see HotPrefixes): hot from HOT_ON requests within about
+#: HOT_WINDOW_S seconds (decayed count), cold again below HOT_OFF; at most MAX_TRACKED
+#: prefixes are counted.
+HOT_ON = 2.0
+HOT_OFF = 0.5
+HOT_WINDOW_S = 30.0
+MAX_TRACKED = 4096
 #: A demand rate is measured over at least this many seconds.
 MIN_OBSERVED_S = 5.0
 
@@ -165,13 +172,18 @@ class Ring:
 
 
 def bounded_choice(ring: Ring, key: int, loads: Sequence[float], factor: float,
-                   allowed: Sequence[bool] | None = None) -> int | None:
-    """Consistent hashing with bounded load: the first endpoint on the ring from `key` whose
-    load after this request stays within ceil(factor x mean) (+ LOAD_SLACK)."""
+                   allowed: Sequence[bool] | None = None, home: int | None = None
+                   ) -> int | None:
+    """Consistent hashing with bounded load: the first endpoint on the ring from `key` (from
+    `home` first, when given) whose load after this request stays within ceil(factor x mean)
+    (+ LOAD_SLACK)."""
     n = len(loads)
     cap = math.ceil(factor * (sum(loads) + 1) / n) + LOAD_SLACK
     first = None
-    for i in ring.walk(key):
+    walk = ring.walk(key)
+    if home is not None:
+        walk = [home, *(i for i in walk if i != home)]
+    for i in walk:
         if allowed is not None and not allowed[i]:
             continue
         if first is None:
@@ -179,6 +191,74 @@ def bounded_choice(ring: Ring, key: int, loads: Sequence[float], factor: float,
         if loads[i] + 1 <= cap:
             return i
     return first
+
+
+class HotPrefixes:
+    """Prefixes requested repeatedly of late, spread evenly over the pool.
+
+    Plain consistent hashing puts a handful of hot prefixes unevenly (8 on 4 endpoints: 2
+    each only 4% of the time), and an endpoint given more than its KV cache holds thrashes.
+    So each hot prefix (>= HOT_ON requests within about `window_s`), in key order, takes the
+    first endpoint on its ring walk that holds fewer than ceil(hot / endpoints) hot prefixes.
+    The result depends only on the set of hot prefixes, so gateway replicas that see the
+    same traffic agree without shared state; a one-off prefix keeps its plain ring place."""
+
+    def __init__(self, ring: Ring, window_s: float = HOT_WINDOW_S) -> None:
+        self.ring = ring
+        self.tau = window_s
+        self._seen: dict[int, tuple[float, float]] = {}  # key -> (decayed count, at)
+        self.hot: set[int] = set()
+        self._home: dict[int, int] = {}
+        self._dirty = False
+        self._swept = 0.0
+
+    def observe(self, key: int, now: float) -> None:
+        count, at = self._seen.get(key, (0.0, now))
+        count = count * math.exp(-(now - at) / self.tau) + 1.0
+        self._seen[key] = (count, now)
+        if count >= HOT_ON and key not in self.hot:
+            self.hot.add(key)
+            self._dirty = True
+        if now - self._swept > self.tau / 4 or len(self._seen) > MAX_TRACKED:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        """Forget what has gone quiet (cold below HOT_OFF; untracked below 0.05)."""
+        self._swept = now
+        keep: dict[int, tuple[float, float]] = {}
+        for key, (count, at) in self._seen.items():
+            c = count * math.exp(-(now - at) / self.tau)
+            if c >= 0.05:
+                keep[key] = (c, now)
+            if c < HOT_OFF and key in self.hot:
+                self.hot.discard(key)
+                self._dirty = True
+        if len(keep) > MAX_TRACKED:  # a flood of one-off prompts: keep the busiest
+            keep = dict(sorted(keep.items(), key=lambda kv: -kv[1][0])[:MAX_TRACKED // 2])
+            for key in self.hot - keep.keys():
+                self.hot.discard(key)
+                self._dirty = True
+        self._seen = keep
+
+    def home(self, key: int) -> int | None:
+        """The endpoint a hot prefix is spread to (None: not hot)."""
+        if self._dirty:
+            self._assign()
+        return self._home.get(key)
+
+    def _assign(self) -> None:
+        self._dirty = False
+        self._home = {}
+        if not self.hot:
+            return
+        cap = math.ceil(len(self.hot) / self.ring.n)
+        counts = [0] * self.ring.n
+        for key in sorted(self.hot):
+            for i in self.ring.walk(key):
+                if counts[i] < cap:
+                    self._home[key] = i
+                    counts[i] += 1
+                    break
 
 
 def prefix_key(messages: Iterable[Mapping[str, Any]], prefix_chars: int) -> int | None:
@@ -229,11 +309,13 @@ class PoolPicker:
     #: Live demand (for the desired-replicas sizing); time every endpoint was stale.
     demand: Demand = field(init=False)
     fail_open_s: float = 0.0
+    hot: HotPrefixes = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
             self.endpoints = [EndpointState(a) for a in self.settings.endpoints]
         self.ring = Ring(self.settings.endpoints)
+        self.hot = HotPrefixes(self.ring)
         self.demand = Demand(self.settings.demand_window_s, time.monotonic())
 
     def all_stale(self, now: float) -> bool:
@@ -263,7 +345,9 @@ class PoolPicker:
         target = None
         if key is not None and s.w_prefix > 0:
             assert self.ring is not None
-            target = bounded_choice(self.ring, key, loads, s.load_factor, allowed)
+            self.hot.observe(key, now)
+            target = bounded_choice(self.ring, key, loads, s.load_factor, allowed,
+                                    self.hot.home(key))
         scores = []
         for i, e in enumerate(eps):
             if not allowed[i]:

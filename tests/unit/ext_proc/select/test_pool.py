@@ -120,3 +120,28 @@ def test_parse_prometheus_sums_label_sets() -> None:
             'other 1\n')
     assert parse_prometheus(text) == {"vllm:num_requests_running": 5.0,
                                       "vllm:gpu_cache_usage_perc": 0.5}
+
+
+def test_hot_prefixes_spread_evenly_and_replicas_agree() -> None:
+    """8 hot prefixes on 4 endpoints: 2 each (plain consistent hashing rarely manages it),
+    the same on two pickers that saw the same prefixes in another order; a one-off prefix
+    keeps its plain ring place."""
+    keys = [prefix_key([{"role": "system", "content": f"prompt {k} " * 40}], 1024)
+            for k in range(8)]
+    assert all(k is not None for k in keys)
+    a, b = _picker(), _picker()
+    for rnd in range(3):
+        for i, k in enumerate(keys):
+            assert k is not None
+            a.hot.observe(k, 0.1 * (rnd * 8 + i))
+            b.hot.observe(keys[7 - i] or 0, 0.1 * (rnd * 8 + i))
+    homes = [a.hot.home(k) for k in keys if k is not None]
+    assert sorted(Counter(homes).values()) == [2, 2, 2, 2]
+    assert homes == [b.hot.home(k) for k in keys if k is not None]
+    one_off = prefix_key([{"role": "system", "content": "once " * 40}], 1024)
+    assert one_off is not None
+    a.hot.observe(one_off, 3.0)
+    assert a.hot.home(one_off) is None
+    # Quiet for a few windows: no longer hot.
+    a.hot.observe(one_off, 200.0)
+    assert all(a.hot.home(k) is None for k in keys if k is not None)
