@@ -11,7 +11,6 @@ while saturated) in a decayed window, sized by `switchyard plan`'s own function
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -52,8 +51,8 @@ FAIL_OPEN = Counter("switchyard_pool_fail_open_seconds_total",
 POOL_SATURATED = Gauge("switchyard_pool_saturated", "1 when every endpoint is saturated",
                        ["pool"])
 DESIRED = Gauge("switchyard_pool_desired_replicas",
-                "Replicas the live demand needs within the SLO (switchyard plan's sizing; NaN: "
-                "not known yet)", ["pool"])
+                "Replicas the live demand needs within the SLO (switchyard plan's sizing; "
+                "absent until a request has finished)", ["pool"])
 DEMAND_RPS = Gauge("switchyard_pool_demand_requests_per_second",
                    "Requests that wanted the pool (served or spilled), decayed window", ["pool"])
 DEMAND_TPS = Gauge("switchyard_pool_demand_tokens_per_second",
@@ -257,7 +256,8 @@ class Pools:
         POOL_SATURATED.labels(name).set(
             1 if all(e.saturated(now, s) for e in picker.endpoints) else 0)
         desired = picker.desired_replicas(now)
-        DESIRED.labels(name).set(math.nan if desired is None else desired)
+        if desired is not None:  # absent until known (NaN would break JSON consumers)
+            DESIRED.labels(name).set(desired)
         DEMAND_RPS.labels(name).set(picker.demand.rps(now))
         tin, tout = picker.demand.tokens_per_s(now)
         DEMAND_TPS.labels(name, "input").set(tin)
