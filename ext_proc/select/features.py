@@ -66,6 +66,8 @@ def _dotted(words: frozenset[bytes]) -> frozenset[bytes]:
 
 _CODE_OR_DOTTED = _dotted(_CODE_WORDS)
 _MATH_OR_DOTTED = _dotted(_MATH_WORDS)
+#: Both: a prompt with no keyword (most chat) is ruled out in one pass over its words.
+_ANY_OR_DOTTED = _CODE_OR_DOTTED | _MATH_OR_DOTTED
 
 
 def _guarded(marks: tuple[bytes, ...]) -> tuple[tuple[bytes, tuple[bytes, ...]], ...]:
@@ -143,9 +145,12 @@ def classify(canonical: dict[str, Any], prompt_tokens: int) -> str:
         words = set(words)
         words.update([w.rstrip(b".") for w in words if w.endswith(b".")])
         code_w, math_w = _CODE_WORDS, _MATH_WORDS
-    if not code_w.isdisjoint(words) or _any_mark(text, _CODE_GUARDED):
+        hit = True
+    else:
+        hit = not _ANY_OR_DOTTED.isdisjoint(words)
+    if (hit and not code_w.isdisjoint(words)) or _any_mark(text, _CODE_GUARDED):
         return "code"
-    if not math_w.isdisjoint(words) or _any_mark(text, _MATH_GUARDED):
+    if (hit and not math_w.isdisjoint(words)) or _any_mark(text, _MATH_GUARDED):
         return "reasoning"
     arith = text.translate(_ARITH_TABLE)
     if b"0" in arith:  # every arithmetic mark has a digit

@@ -94,6 +94,23 @@ class QualityModel:
         x = rng.gauss(mean, sd)
         return 1.0 if x > 1.0 else (0.0 if x < 0.0 else x)
 
+    def samples(self, backends: tuple[BackendInfo, ...], category: str,
+                rng: random.Random) -> list[float]:
+        """`sample` of each backend, in order (the same draws, one call per request)."""
+        out = []
+        post, gauss = self._post, rng.gauss
+        for backend in backends:
+            c = post.get((id(backend), category))
+            if c is None or c[0] is not backend:
+                c = self._posterior(backend, category)
+            _, a, b, mean, sd = c
+            if a + b < NORMAL_APPROX_FROM:
+                out.append(rng.betavariate(a, b))
+            else:
+                x = gauss(mean, sd)
+                out.append(1.0 if x > 1.0 else (0.0 if x < 0.0 else x))
+        return out
+
     def update(self, cluster: str, category: str, score: float) -> None:
         """Feedback seen by this replica (also queued for the fleet)."""
         add_evidence(self.observed, cluster, category, score, 1.0 - score)

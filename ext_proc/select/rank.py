@@ -272,7 +272,9 @@ def _ranked(policy: RoutingPolicy, backends: tuple[BackendInfo, ...], f: Feature
     min_quality = policy.min_quality
     wants_q = strategy in _WANTS_Q
     qmodel, cat = ctx.quality, f.category
-    sample, qmean = qmodel.sample, qmodel.mean
+    qmean = qmodel.mean
+    # Thompson draws first, in backend order: nothing else in the loop draws from `rng`.
+    draws = qmodel.samples(backends, cat, rng) if wants_q else None
     pt, ot = f.prompt_tokens, f.output_tokens
     n = len(backends)
     costs: list[float] = []
@@ -283,7 +285,7 @@ def _ranked(policy: RoutingPolicy, backends: tuple[BackendInfo, ...], f: Feature
     qual: list[float | None] = []
     reasons: list[str | None] = []
     tiers: list[int] = []
-    for b in backends:
+    for j, b in enumerate(backends):
         v = view(b.cluster, now, pct)
         cost = (pt * b.price_input + ot * b.price_output) / 1e6
         costs.append(cost)
@@ -307,7 +309,7 @@ def _ranked(policy: RoutingPolicy, backends: tuple[BackendInfo, ...], f: Feature
             reason = "slo_tpot"
         elif max_price and cost > max_price:
             reason = "price"
-        q = sample(b, cat, rng) if wants_q else None
+        q = draws[j] if draws is not None else None
         if min_quality and reason is None:
             mean = qmean(b, cat)
             if not wants_q:
