@@ -70,12 +70,13 @@ class ProcessGroup:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._files: list[IO[bytes]] = []
 
-    def spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str, args: list[str],
+              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         f = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed in close())
         self._files.append(f)
         proc = subprocess.Popen(args, stdout=f, stderr=f, stdin=subprocess.DEVNULL,
-                                preexec_fn=die_with_parent)
+                                preexec_fn=die_with_parent, env=env)
         self.procs[name] = proc
         return proc
 

@@ -3,7 +3,9 @@
 Each target runs alone (only its own processes alive), gets a short warm-up, then `--runs`
 measured wrk runs at `--connections` and `--low-runs` runs at concurrency 1; the report shows
 medians, so one noisy run on a shared 2-core machine does not move the result. Prints a
-Markdown report; `--write` also rewrites bench/RESULTS.md.
+Markdown report; `--write` also rewrites bench/RESULTS.md, `--json PATH` writes the medians
+(and every run) as JSON for tools such as `python -m bench.guard`. The optional `litellm` target
+(bench/litellm.py) installs the LiteLLM proxy into its own venv on first use.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from types import FrameType
 
 import orjson
 
+from bench import litellm
 from bench.procs import ProcessGroup, cpu_seconds, machine_busy_seconds
 from bench.targets import (
     Target,
@@ -47,10 +50,15 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 #: bench/failover.py's section of RESULTS.md; `--write` here keeps it.
 FAILOVER_BEGIN = "<!-- bench.failover: begin -->"
 FAILOVER_END = "<!-- bench.failover: end -->"
-TARGETS = ("sim", "envoy", "minimal", "gateway")
+TARGETS = ("sim", "envoy", "minimal", "litellm", "gateway")
 DEFAULT_TARGETS = ("sim", "envoy", "gateway")
+#: Targets in front of the one simulator started first (the gateway starts its own).
+_ON_PLAIN_SIM = {"sim", "envoy", "minimal", "litellm"}
 #: Startup + pre-check allowance per target when computing the whole run's deadline.
 _STARTUP_S = 90
+#: Processes that are the load generator or the backend, not the proxy under test: a target's
+#: "proxy CPU" is everything else (Envoy, ext_proc, control plane, LiteLLM).
+_NOT_PROXY = ("wrk", "sim")
 
 
 class BenchError(RuntimeError):
@@ -100,7 +108,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--body-bytes", type=int, default=1024, help="approximate request body size")
     p.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                    help=f"comma-separated subset of {','.join(TARGETS)} (`minimal`: "
-                        "calibration, Envoy + a do-nothing one-phase Python ext_proc)")
+                        "calibration, Envoy + a do-nothing one-phase Python ext_proc; "
+                        "`litellm`: the LiteLLM proxy, installed into "
+                        f"{litellm.VENV} on first use, skipped if that fails)")
     p.add_argument("--max-error-rate", type=float, default=0.001,
                    help="fail if errors (HTTP >= 400 or socket errors) exceed this fraction")
     p.add_argument("--noise-threshold", type=float, default=0.25,
@@ -112,6 +122,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-dir", type=Path, default=None,
                    help="keep child logs here (default: a temp dir, removed on success)")
     p.add_argument("--write", action="store_true", help=f"rewrite {RESULTS.name}")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="also write the results (medians and every run) as JSON to PATH")
     args = p.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bad = [t for t in args.targets if t not in TARGETS]
@@ -132,7 +144,8 @@ def _deadline_s(args: argparse.Namespace) -> int:
     per_run = 10 + args.quiet_wait + 1
     per_target = (_STARTUP_S + args.warmup + tries * args.runs * (args.duration + per_run)
                   + tries * args.low_runs * (args.low_duration + per_run))
-    return int(len(args.targets) * per_target + 60)
+    extra = litellm.STARTUP_TIMEOUT_S if "litellm" in args.targets else 0
+    return int(len(args.targets) * per_target + extra + 60)
 
 
 def _one_run(target: Target, body_file: Path, connections: int, threads: int,
@@ -247,6 +260,53 @@ def _cpu_per_request(runs: list[Run]) -> float:
     return _median([sum(x.cpu.values()) / max(1, x.wrk.requests) * 1e6 for x in runs])
 
 
+def _proc_cpu(run: Run, proc: str) -> float:
+    """CPU seconds of `proc` in `run`, its numbered helper processes (`litellm_1`) included."""
+    return sum(v for k, v in run.cpu.items() if k == proc or re.fullmatch(rf"{proc}_\d+", k))
+
+
+def _proxy_cpu_per_request(runs: list[Run]) -> float:
+    """Median over runs of the proxy's own CPU µs per request: neither wrk nor the simulator,
+    which every target has, so this is what the proxy under test costs."""
+    return _median([sum(v for k, v in x.cpu.items() if k not in _NOT_PROXY)
+                    / max(1, x.wrk.requests) * 1e6 for x in runs])
+
+
+def _columns(results: list[TargetResult]) -> list[str]:
+    """CPU table columns: the usual processes, plus LiteLLM's when it was measured."""
+    procs = ["wrk", "sim", "envoy", "ext_proc", "control_plane"]
+    if any("litellm" in x.cpu for r in results for x in r.runs):
+        procs.append("litellm")
+    return procs
+
+
+def summary(results: list[TargetResult]) -> dict[str, dict[str, object]]:
+    """Per target: the medians the report shows, as plain numbers (for `--json`)."""
+    out: dict[str, dict[str, object]] = {}
+    procs = _columns(results)
+    for r in results:
+        rps, p50, p99 = _stats(r.runs)
+        entry: dict[str, object] = {
+            "title": r.title, "rps": rps, "p50_ms": p50, "p99_ms": p99,
+            "cpu_us_per_request": _cpu_per_request(r.runs),
+            "proxy_cpu_us_per_request": _proxy_cpu_per_request(r.runs),
+            "cpu_us_per_request_by_process": {
+                p: _median([_proc_cpu(x, p) / max(1, x.wrk.requests) * 1e6 for x in r.runs])
+                for p in procs if any(_proc_cpu(x, p) for x in r.runs)},
+            "noisy_runs": r.noisy,
+            "runs": [{"rps": x.wrk.rps, "requests": x.wrk.requests, "errors": x.wrk.errors,
+                      "duration_s": x.wrk.duration_s, "p50_ms": x.wrk.p50_ms,
+                      "p99_ms": x.wrk.p99_ms, "cpu_s": x.cpu, "other_cpu_s": x.other_cpu}
+                     for x in r.runs],
+        }
+        if r.low:
+            lrps, l50, l99 = _stats(r.low)
+            entry["c1"] = {"rps": lrps, "p50_ms": l50, "p99_ms": l99,
+                           "cpu_us_per_request": _cpu_per_request(r.low)}
+        out[r.key] = entry
+    return out
+
+
 def machine_facts() -> dict[str, str]:
     model = "unknown"
     with contextlib.suppress(OSError):
@@ -301,6 +361,39 @@ where the ext_proc's CPU goes.
 """
 
 
+def _litellm_section(gw: TargetResult, lite: TargetResult, args: argparse.Namespace
+                     ) -> list[str]:
+    """Issue 11's side-by-side goal: gateway req/s >= 20x LiteLLM's, CPU/request <= 1/20."""
+    g_rps, l_rps = _stats(gw.runs)[0], _stats(lite.runs)[0]
+    g_cpu, l_cpu = _proxy_cpu_per_request(gw.runs), _proxy_cpu_per_request(lite.runs)
+    g_all, l_all = _cpu_per_request(gw.runs), _cpu_per_request(lite.runs)
+
+    def ok(met: bool) -> str:
+        return "yes" if met else "**no**"
+
+    rows = [
+        "", f"## Full gateway vs LiteLLM proxy (c={args.connections}, same simulator and load)",
+        "",
+        "| | full gateway | LiteLLM proxy | gateway advantage | goal (issue 11) | met |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| req/s | {g_rps:.0f} | {l_rps:.0f} | {g_rps / l_rps:.1f}x | >= 20x | "
+        f"{ok(g_rps >= 20 * l_rps)} |",
+        f"| proxy CPU µs per request (no wrk, no simulator) | {g_cpu:.0f} | {l_cpu:.0f} | "
+        f"{l_cpu / g_cpu:.1f}x less | >= 20x less | {ok(l_cpu >= 20 * g_cpu)} |",
+        f"| CPU µs per request, all processes | {g_all:.0f} | {l_all:.0f} | "
+        f"{l_all / g_all:.1f}x less | | |",
+    ]
+    if args.low_runs:
+        _, g50, g99 = _stats(gw.low)
+        _, l50, l99 = _stats(lite.low)
+        rows.append(f"| p50 / p99 ms at c=1 | {g50:.2f} / {g99:.2f} | {l50:.2f} / {l99:.2f} "
+                    "| | | |")
+    rows += ["", f"LiteLLM {getattr(args, 'litellm_version', '?')} from `{litellm.SPEC}` in its "
+             "own venv, `litellm --config ... --num_workers 1`, default settings otherwise; "
+             "one model on the simulator's OpenAI-compatible API (bench/litellm.py)."]
+    return rows
+
+
 def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
            facts: dict[str, str], results: list[TargetResult], body_len: int,
            elapsed_s: float) -> str:
@@ -344,7 +437,7 @@ def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
             rps, p50, p99 = _stats(r.low)
             lines.append(f"| {r.title} | {rps:.0f} | {_ms(p50)} | {_ms(p99)} |")
     pairs = [("gateway", "envoy"), ("gateway", "sim"), ("envoy", "sim"), ("minimal", "envoy"),
-             ("gateway", "minimal")]
+             ("gateway", "minimal"), ("litellm", "envoy"), ("litellm", "sim")]
     pairs = [(a, b) for a, b in pairs if a in by_key and b in by_key]
     if pairs:
         head = f"| Comparison | Δp50 ms c={args.connections} | Δp99 ms c={args.connections} |"
@@ -363,7 +456,7 @@ def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
                 _, l50b, l99b = _stats(rb.low)
                 row += f" {_delta(l50a, l50b)} | {_delta(l99a, l99b)} |"
             lines.append(row)
-    procs = ["wrk", "sim", "envoy", "ext_proc", "control_plane"]
+    procs = _columns(results)
     head = "| Target | " + " | ".join(procs) + " | total | cores busy | other load (cores) |"
     sep = "|---|" + "---:|" * (len(procs) + 3)
     if args.low_runs:
@@ -372,8 +465,8 @@ def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
     lines += ["", f"## CPU per request at c={args.connections} (µs, median of {args.runs})", "",
               head, sep]
     for r in results:
-        per = {p: _median([x.cpu[p] / max(1, x.wrk.requests) * 1e6 for x in r.runs])
-               for p in procs if p in r.runs[0].cpu}
+        per = {p: _median([_proc_cpu(x, p) / max(1, x.wrk.requests) * 1e6 for x in r.runs])
+               for p in procs if any(_proc_cpu(x, p) for x in r.runs)}
         cells = " | ".join(f"{per[p]:.0f}" if p in per else "-" for p in procs)
         busy = _median([sum(x.cpu.values()) / x.wrk.duration_s for x in r.runs])
         other = _median([x.other_cpu / x.wrk.duration_s for x in r.runs])
@@ -382,7 +475,9 @@ def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
         if args.low_runs:
             row += f" {_cpu_per_request(r.low):.0f} |"
         lines.append(row)
-    notes = [n for r in results for n in r.notes]
+    if "gateway" in by_key and "litellm" in by_key:
+        lines += _litellm_section(by_key["gateway"], by_key["litellm"], args)
+    notes = [n for r in results for n in r.notes] + list(getattr(args, "skipped", []))
     if notes:
         lines += ["", "## Response check", "", *(f"- {n}" for n in notes)]
     lines += ["", HOW_TO_READ.format(connections=args.connections, nproc=facts["nproc"],
@@ -429,7 +524,7 @@ def run(args: argparse.Namespace, log_dir: Path) -> tuple[list[TargetResult], in
     results: list[TargetResult] = []
     group = ProcessGroup(log_dir / "plain")
     try:
-        if {"sim", "envoy", "minimal"} & set(args.targets):
+        if _ON_PLAIN_SIM & set(args.targets):
             sim = start_sim(group)
             if "sim" in args.targets:
                 results.append(measure(sim, args, body, body_file))
@@ -440,6 +535,12 @@ def run(args: argparse.Namespace, log_dir: Path) -> tuple[list[TargetResult], in
             if "minimal" in args.targets:
                 minimal = start_minimal(group, sim, args.envoy_concurrency)
                 results.append(measure(minimal, args, body, body_file))
+                group.stop("envoy_minimal")
+                group.stop("ext_proc_minimal")
+            if "litellm" in args.targets:
+                proxy = litellm.start_litellm(group, sim)
+                results.append(measure(proxy, args, body, body_file))
+                group.stop("litellm")
         group.close()
         if "gateway" in args.targets:
             gw_logs = log_dir / "gateway"
@@ -481,6 +582,16 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts()
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="switchyard-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
+    args.skipped = []
+    if "litellm" in args.targets:
+        args.litellm_version = litellm.ensure_installed()
+        if args.litellm_version is None:
+            args.targets.remove("litellm")
+            args.skipped.append(f"LiteLLM proxy: skipped, `{litellm.SPEC}` could not be "
+                                f"installed into {litellm.VENV} (see the messages above).")
+            if not args.targets:
+                print("bench: nothing left to measure", file=sys.stderr)
+                return 1
     print(f"bench: logs in {log_dir}; deadline {_deadline_s(args)} s", file=sys.stderr)
     ok = False
     try:
@@ -501,6 +612,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         RESULTS.write_text(report + _kept_sections(RESULTS))
         print(f"bench: wrote {RESULTS}", file=sys.stderr)
+    if args.json is not None:
+        args.json.write_bytes(orjson.dumps({
+            "command": shlex.join(["python", "-m", "bench.run", *argv]),
+            "date": started.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "machine": facts,
+            "load": {"connections": args.connections, "threads": args.threads,
+                     "duration_s": args.duration, "runs": args.runs, "body_bytes": body_len,
+                     "envoy_concurrency": args.envoy_concurrency},
+            "skipped": args.skipped,
+            "targets": summary(results),
+        }, option=orjson.OPT_INDENT_2))
+        print(f"bench: wrote {args.json}", file=sys.stderr)
     return 0
 
 
