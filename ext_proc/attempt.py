@@ -1,7 +1,9 @@
 """The translate phase: one upstream attempt's request, built for the backend it goes to.
 
-Runs once per attempt (upstream ext_proc filter inside each backend cluster), so a retry on a
-backend of another provider schema is translated again for that backend. Plain data in, plain
+The route phase builds the first attempt with `prepare` (its reply carries the request for the
+first candidate); the upstream ext_proc filter inside each backend cluster runs from the
+second attempt on (and for every attempt of a hedged model), so a retry on a backend of
+another provider schema is translated again for that backend. Plain data in, plain
 data out: `envoy.py` turns an `Upstream` into the CONTINUE_AND_REPLACE headers reply.
 """
 
@@ -63,10 +65,11 @@ def resolve(st: RequestState | None, cluster: str, routes: Routes
     return backend, None
 
 
-def prepare(st: RequestState, backend: BackendInfo, present: list[str]
+def prepare(st: RequestState, backend: BackendInfo, present: list[str], by_route: bool = False
             ) -> Upstream | Reject:
-    """Record the attempt and build (or reuse) its upstream request."""
-    st.attempts.append(Attempt(len(st.attempts) + 1, backend))
+    """Record the attempt and build (or reuse) its upstream request (`by_route`: the route
+    phase builds the first attempt, so that no translate phase runs unless Envoy retries)."""
+    st.attempts.append(Attempt(len(st.attempts) + 1, backend, by_route=by_route))
     st.backend = backend
     built = st.built.get(backend.cluster)
     if built is None:
@@ -101,7 +104,7 @@ def answered(st: RequestState | None, backend: BackendInfo, headers: Mapping[str
     """An attempt's upstream response headers: metrics, health (429 cool-down, 5xx) and the
     provider's rate-limit headers for admission's backpressure."""
     status = headers.get(":status", "")
-    metrics.ATTEMPTS.labels(backend.label, status).inc()
+    metrics.child(metrics.ATTEMPTS, backend.label, status).inc()
     code = int(status) if status.isdigit() else 0
     if st is not None:
         attempt = st.attempt_for(backend.cluster)
@@ -109,6 +112,6 @@ def answered(st: RequestState | None, backend: BackendInfo, headers: Mapping[str
             attempt.status = code
     if code == 429:
         health.cool_down(backend.cluster, headers.get("retry-after"))
-    else:
-        health.record(backend.cluster, status[:1] == "5")
+    else:  # 0: no response at all (refused, reset, timed out)
+        health.record(backend.cluster, code == 0 or code >= 500)
     gate.observe(backend.cluster, code, headers)

@@ -13,6 +13,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2, text_format
 
+from ext_proc import wire
 from ext_proc.admission.priorities import PRIORITY_HEADER
 from ext_proc.attempt import Upstream
 from ext_proc.ingress import Ingress
@@ -50,6 +51,7 @@ _MODES = {
     BodyMode.STREAMED: processing_mode_pb2.ProcessingMode(
         response_body_mode=processing_mode_pb2.ProcessingMode.STREAMED),
 }
+_MODES_WIRE = {mode: m.SerializeToString() for mode, m in _MODES.items()}
 
 
 def hv(key: str, value: bytes) -> base_pb2.HeaderValueOption:
@@ -75,14 +77,17 @@ _WANTED = frozenset({"authorization", "x-api-key", PRIORITY_HEADER, SLO_TTFT_HEA
                      MAX_PRICE_HEADER})
 
 
-def request_line(msg: pb.HttpHeaders) -> tuple[str, list[str], dict[str, str]]:
-    """(path, client-sent internal headers to strip, the few headers decisions read) of a
-    route-phase request."""
+def request_line(msg: pb.HttpHeaders
+                 ) -> tuple[str, list[str], dict[str, str], list[str]]:
+    """(path, client-sent internal headers to strip, the few headers decisions read, every
+    header name) of a route-phase request."""
     path = ""
     internal = []
     wanted: dict[str, str] = {}
+    names = []
     for h in msg.headers.headers:
         key = h.key
+        names.append(key)
         if key == ":path":
             path = (h.raw_value or h.value.encode()).decode("latin-1")
             continue
@@ -90,7 +95,7 @@ def request_line(msg: pb.HttpHeaders) -> tuple[str, list[str], dict[str, str]]:
             wanted[key] = (h.raw_value or h.value.encode()).decode("latin-1")
         if key.startswith(INTERNAL_HEADER_PREFIX):
             internal.append(key)
-    return path, internal, wanted
+    return path, internal, wanted, names
 
 
 def attempt_target(req: pb.ProcessingRequest) -> tuple[str, str, list[str]]:
@@ -174,6 +179,7 @@ class OrderMetadata:
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, ...], struct_pb2.Struct] = {}
+        self._wire: dict[tuple[str, ...], bytes] = {}
 
     def of(self, cands: tuple[BackendInfo, ...]) -> struct_pb2.Struct:
         key = tuple(c.cluster for c in cands)
@@ -192,33 +198,57 @@ class OrderMetadata:
             self._cache[key] = cached
         return cached
 
+    def wire_of(self, cands: tuple[BackendInfo, ...]) -> bytes:
+        """`of`, serialized (cached alike)."""
+        key = tuple(c.cluster for c in cands)
+        raw = self._wire.get(key)
+        if raw is None:
+            if len(self._wire) > 4096:
+                self._wire.clear()
+            raw = self._wire[key] = self.of(cands).SerializeToString(deterministic=True)
+        return raw
+
 
 def forward(f: Forward, alias: str, rid: str, order: OrderMetadata,
-            endpoint: str | None = None) -> pb.ProcessingResponse:
+            endpoint: str | None = None, first: Upstream | None = None) -> bytes:
     """The body reply that routes the request: model + request id headers, Envoy's retry
     budget and per-try timeout, the candidate order, and `clear_route_cache`; for a GPU pool,
     the picked endpoint and its fallbacks (`IP:PORT,...`) for override_host load balancing
-    (a client's own copy of that header is always replaced or removed)."""
-    return pb.ProcessingResponse(
-        request_body=pb.BodyResponse(
-            response=pb.CommonResponse(
-                header_mutation=pb.HeaderMutation(
-                    set_headers=[
-                        hv(MODEL_HEADER, alias.encode()),
-                        hv(REQUEST_ID_HEADER, rid.encode()),
-                        hv("x-envoy-max-retries", str(f.max_retries).encode()),
-                        hv("x-envoy-upstream-rq-per-try-timeout-ms",
-                           str(f.try_timeout_ms).encode()),
-                        *((hv(DESTINATION_ENDPOINT_HEADER, endpoint.encode()),)
-                          if endpoint else ()),
-                    ],
-                    remove_headers=() if endpoint else _NO_ENDPOINT,
-                ),
-                clear_route_cache=True,
-            )
-        ),
-        dynamic_metadata=order.of(f.candidates),
-    )
+    (a client's own copy of that header is always replaced or removed).
+
+    `first`: the first attempt's request, built here so that Envoy sends it without a
+    translate-phase stream (path, authority, the provider's headers and body; every other
+    header the client sent removed). A retry's translate phase replaces all of it.
+    Written in wire format (`wire.py`): it is the costliest reply to build otherwise."""
+    sets = [wire.set_header_cached(MODEL_HEADER, alias.encode()),
+            wire.set_header(REQUEST_ID_HEADER, rid.encode()),
+            wire.set_header_cached("x-envoy-max-retries", str(f.max_retries).encode()),
+            wire.set_header_cached("x-envoy-upstream-rq-per-try-timeout-ms",
+                                   str(f.try_timeout_ms).encode())]
+    if endpoint:
+        sets.append(wire.set_header(DESTINATION_ENDPOINT_HEADER, endpoint.encode()))
+    remove: Iterable[str] = () if endpoint else _NO_ENDPOINT
+    body = None
+    if first is not None:
+        sets += (wire.set_header_cached(":path", first.path),
+                 wire.set_header_cached(":authority", first.authority),
+                 wire.set_header("content-length", str(len(first.body)).encode()),
+                 *(wire.set_header_cached(k, v) for k, v in first.set_headers))
+        remove = [n for n in first.remove_headers if n not in _KEEP_FOR_ENVOY]
+        if not endpoint:
+            remove.append(DESTINATION_ENDPOINT_HEADER)
+        body = first.body
+    return wire.request_body(
+        wire.common(wire.mutation(sets, remove), body=body, clear_route_cache=True),
+        order.wire_of(f.candidates))
+
+
+#: Headers `forward` always sets (a removal of the same name would win over the set), and
+#: the scheme Envoy's route match needs; the clusters' upstream header_mutation filter
+#: removes what of these a provider must not see.
+_KEEP_FOR_ENVOY = frozenset({MODEL_HEADER, REQUEST_ID_HEADER, "x-envoy-max-retries",
+                             "x-envoy-upstream-rq-per-try-timeout-ms",
+                             DESTINATION_ENDPOINT_HEADER, "x-forwarded-proto"})
 
 
 def upstream(u: Upstream) -> pb.ProcessingResponse:
@@ -258,25 +288,17 @@ def answered_by(cluster: str) -> pb.ProcessingResponse:
     return resp
 
 
-def response_headers(r: HeadersReply) -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(
-        response_headers=pb.HeadersResponse(response=pb.CommonResponse(
-            header_mutation=pb.HeaderMutation(set_headers=_hvs(r.set_headers),
-                                              remove_headers=r.remove_headers))),
-        mode_override=_MODES[r.mode],
-    )
+def response_headers(r: HeadersReply) -> bytes:
+    return wire.response_headers(
+        wire.common(wire.mutation((wire.set_header(k, v) for k, v in r.set_headers),
+                                  r.remove_headers)),
+        _MODES_WIRE[r.mode])
 
 
-def response_body(r: BodyReply) -> pb.ProcessingResponse:
+def response_body(r: BodyReply) -> bytes | pb.ProcessingResponse:
     if r.body is None:
         return CONTINUE_BODY
-    mutation = pb.BodyMutation(body=r.body) if r.body else pb.BodyMutation(clear_body=True)
-    return pb.ProcessingResponse(
-        response_body=pb.BodyResponse(
-            response=pb.CommonResponse(
-                body_mutation=mutation,
-                header_mutation=pb.HeaderMutation(set_headers=_hvs(r.set_headers))
-                if r.set_headers else None,
-            )
-        )
-    )
+    sets = wire.mutation(wire.set_header(k, v) for k, v in r.set_headers)
+    if r.body:
+        return wire.response_body(wire.common(sets, body=r.body))
+    return wire.response_body(wire.common(sets, clear_body=True))

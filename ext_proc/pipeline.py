@@ -9,6 +9,7 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import orjson
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -18,12 +19,19 @@ from ext_proc.admission.gate import Gate, unauthenticated
 from ext_proc.ingress import INGRESS
 from ext_proc.select import FeedbackReply, Selector
 from ext_proc.select.pool_route import pick_endpoint, steer
-from ext_proc.state import RequestState
+from ext_proc.state import Attempt, RequestState
 from ext_proc.stats import BackendHealth
 from ext_proc.stats.pool_metrics import Pools
 from ext_proc.table import Routes, RoutingClient
 from ext_proc.usage import NO_USAGE, UsageRecord, account
 from switchyard.contract import CHAT_PATH, FEEDBACK_PATH
+
+#: A reply to Envoy: a message, or one already in wire format (`ext_proc.wire`).
+Reply: TypeAlias = "pb.ProcessingResponse | bytes"
+#: How long a finished request's unreported first attempt waits for Envoy's attempt log
+#: (flushed every 20 ms), and how many such attempts are kept at most.
+FIRST_ATTEMPT_WAIT_S = 10.0
+FIRST_ATTEMPTS_KEPT = 10_000
 
 
 class Pipeline:
@@ -40,6 +48,9 @@ class Pipeline:
         self._pool_version = ""
         self._pool_of: dict[str, str] = {}  # backend cluster -> pool (provider) name
         self.inflight: dict[str, RequestState] = {}
+        #: Requests that ended before Envoy's attempt log reported their route-built first
+        #: attempt (which answered nothing): request id -> (attempt, ended at), oldest first.
+        self._unreported: dict[str, tuple[Attempt, float]] = {}
         self._order = envoy.OrderMetadata()
         self._ids = itertools.count(1)
         self._prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
@@ -50,6 +61,8 @@ class Pipeline:
     def ended(self, st: RequestState) -> None:
         """The route-phase stream closed, however it ended: account what was not yet."""
         self.inflight.pop(st.rid, None)
+        if st.attempts and st.attempts[0].by_route and not st.attempts[0].status:
+            self._await_report(st.rid, st.attempts[0])
         self.pools.release(st.rid)
         if not st.logged and st.model:
             self._account(st, respond.finish(st, outcome=respond.interrupted(st)))
@@ -57,12 +70,12 @@ class Pipeline:
             self.gate.settle(st.reservation, None, None, False)
 
     # -- route phase ------------------------------------------------------------------------
-    def _reject(self, st: RequestState, r: route.Reject) -> pb.ProcessingResponse:
+    def _reject(self, st: RequestState, r: route.Reject) -> Reply:
         account(respond.rejected(st, r))
         return envoy.reject(st.ingress, r)
 
-    def request_headers(self, st: RequestState, msg: pb.HttpHeaders) -> pb.ProcessingResponse:
-        path, internal, wanted = envoy.request_line(msg)
+    def request_headers(self, st: RequestState, msg: pb.HttpHeaders) -> Reply:
+        path, internal, wanted, st.present = envoy.request_line(msg)
         if path.split("?", 1)[0] == FEEDBACK_PATH:  # answered with its body
             st.feedback = True
             return envoy.CONTINUE_REQUEST_HEADERS
@@ -81,7 +94,7 @@ class Pipeline:
         return envoy.strip_internal(internal) if internal else envoy.CONTINUE_REQUEST_HEADERS
 
     def request_body(self, st: RequestState, raw: bytes
-                         ) -> pb.ProcessingResponse | route.Wait:
+                         ) -> Reply | route.Wait:
         st.bytes_in = len(raw)
         if st.feedback:
             return self._feedback(raw)
@@ -108,7 +121,7 @@ class Pipeline:
             return admitted
         return self._go(st, admitted)
 
-    async def after_wait(self, st: RequestState, w: route.Wait) -> pb.ProcessingResponse:
+    async def after_wait(self, st: RequestState, w: route.Wait) -> Reply:
         fwd = w.forward
         d = await self.gate.wait(st.tenant, st.klass, fwd.model.name, fwd.candidates, w.tokens,
                                  w.deadline)
@@ -116,7 +129,7 @@ class Pipeline:
         assert not isinstance(admitted, route.Wait)
         return self._go(st, admitted)
 
-    def _go(self, st: RequestState, fwd: route.Forward | route.Reject) -> pb.ProcessingResponse:
+    def _go(self, st: RequestState, fwd: route.Forward | route.Reject) -> Reply:
         if isinstance(fwd, route.Reject):
             return self._reject(st, fwd)
         st.candidates = fwd.candidates
@@ -130,7 +143,13 @@ class Pipeline:
         endpoint = None
         if self._pool_of:
             endpoint = pick_endpoint(fwd, st, self._pool_of, self.pools)
-        return envoy.forward(fwd, fwd.model.name, st.rid, self._order, endpoint)
+        first = None
+        if not fwd.model.hedge_after_ms:  # a hedged attempt's backend is Envoy's pick
+            built = attempt.prepare(st, fwd.candidates[0], st.present, by_route=True)
+            if isinstance(built, route.Reject):
+                return self._reject(st, built)
+            first = built
+        return envoy.forward(fwd, fwd.model.name, st.rid, self._order, endpoint, first)
 
     def _sync_pools(self, routes: Routes | None) -> bool:
         """Keep the pool pickers in step with the table; True when a model uses a pool."""
@@ -167,12 +186,12 @@ class Pipeline:
                 if rid:
                     self.selector.remember(rid, st.model, cluster, sel.category)
 
-    async def feedback(self, raw: bytes) -> pb.ProcessingResponse:
+    async def feedback(self, raw: bytes) -> Reply:
         """`POST /v1/feedback` (the server awaits it): as `_feedback`, and a response id
         another replica served is looked up in the fleet's Redis."""
         return self._feedback(raw, await self.selector.feedback_async(raw))
 
-    def _feedback(self, raw: bytes, r: FeedbackReply | None = None) -> pb.ProcessingResponse:
+    def _feedback(self, raw: bytes, r: FeedbackReply | None = None) -> Reply:
         """`POST /v1/feedback`: update the quality estimate of what served a response."""
         r = r or self.selector.feedback(raw)
         if r.body is not None:
@@ -181,18 +200,55 @@ class Pipeline:
             r.status, r.message, "invalid_request_error", r.code, r.param))
 
     def response(self, st: RequestState, req: pb.ProcessingRequest
-                     ) -> pb.ProcessingResponse:
+                     ) -> Reply:
         if req.HasField("response_headers"):
             msg = req.response_headers
             end = msg.end_of_stream
-            reply = envoy.response_headers(
-                respond.on_headers(st, envoy.headers(msg), end, self.health))
+            headers = envoy.headers(msg)
+            reply = envoy.response_headers(respond.on_headers(st, headers, end, self.health))
+            first = respond.answering_first_attempt(st, headers)
+            if first is not None and st.status < 400:
+                # No translate phase saw this answer: learn from it here (a failed one comes
+                # through Envoy's attempt log, `attempt_failed`).
+                attempt.answered(st, first.backend, headers, self.health, self.gate)
+                self.selector.attempt_status(first.backend.cluster, st.status)
         else:
             end = req.response_body.end_of_stream
             reply = envoy.response_body(respond.on_body(st, req.response_body.body, end))
         if end:
             self._account(st, respond.finish(st))
         return reply
+
+    def _await_report(self, rid: str, first: Attempt) -> None:
+        now = time.monotonic()
+        waiting = self._unreported
+        while waiting:  # drop what waited too long (oldest first), and past the bound
+            oldest = next(iter(waiting))
+            if now - waiting[oldest][1] < FIRST_ATTEMPT_WAIT_S and (
+                    len(waiting) < FIRST_ATTEMPTS_KEPT):
+                break
+            del waiting[oldest]
+        waiting[rid] = (first, now)
+
+    def attempt_failed(self, rid: str, cluster: str, status: int, headers: dict[str, str],
+                       client_gone: bool = False) -> None:
+        """Envoy's access log of one failed attempt: learn from it when it is a route-built
+        first attempt (the translate phase reports the attempts it ran itself). An attempt
+        Envoy reset because the client went away says nothing about the backend."""
+        st = self.inflight.get(rid)
+        if st is not None:
+            first = st.attempts[0] if st.attempts else None
+        else:
+            waited = self._unreported.pop(rid, None)
+            first = waited[0] if waited is not None else None
+        if (first is None or not first.by_route or first.status
+                or first.backend.cluster != cluster):
+            return
+        if not client_gone:
+            headers[":status"] = str(status)
+            attempt.answered(st, first.backend, headers, self.health, self.gate)
+            self.selector.attempt_status(cluster, status)
+        first.status = status or -1  # reported (-1: no response)
 
     # -- translate phase --------------------------------------------------------------------
     async def translate_phase(self, req: pb.ProcessingRequest,

@@ -19,7 +19,7 @@ import structlog
 from ext_proc.ingress import Ingress
 from ext_proc.providers.base import ResponseHandler
 from ext_proc.route import Reject
-from ext_proc.state import RequestState
+from ext_proc.state import Attempt, RequestState
 from ext_proc.stats import BackendHealth
 from ext_proc.usage import NO_USAGE, UsageRecord, cost_usd
 from switchyard.contract import (
@@ -97,9 +97,19 @@ def on_headers(st: RequestState, headers: dict[str, str], end_of_stream: bool,
     return HeadersReply(tuple(set_headers), tuple(remove), mode)
 
 
+def answering_first_attempt(st: RequestState, headers: dict[str, str]) -> Attempt | None:
+    """The route-built first attempt when it is the one that answered (an upstream answer,
+    no retry, so no translate phase named another), else None."""
+    if (not st.attempts or not st.attempts[0].by_route or st.envoy_attempts != 1
+            or ANSWERED_BY_HEADER in headers or "x-envoy-upstream-service-time" not in headers):
+        return None
+    return st.attempts[0]
+
+
 def _note_unseen_failures(st: RequestState, health: BackendHealth) -> None:
-    """Attempts Envoy made that the translate phase never saw (connection refused or reset
-    before a stream existed) failed on candidates[k]: count them for health."""
+    """Attempts Envoy made that no phase saw (connection refused or reset before a
+    translate-phase stream existed) failed on candidates[k]: count them for health. (A
+    route-built first attempt's failure arrives through Envoy's attempt log.)"""
     if st.envoy_attempts <= 1 or st.backend is None:
         return
     seen = {a.backend.cluster for a in st.attempts}

@@ -18,14 +18,16 @@ from collections.abc import AsyncIterator
 import grpc
 import structlog
 import uvloop
+from envoy.service.accesslog.v3 import als_pb2
+from envoy.service.accesslog.v3 import als_pb2_grpc as als_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from ext_proc import admin, envoy
 from ext_proc.admission.gate import Gate
-from ext_proc.pipeline import Pipeline
+from ext_proc.pipeline import Pipeline, Reply
 from ext_proc.providers import warm
-from ext_proc.route import Wait
+from ext_proc.route import Reject, Wait
 from ext_proc.select import Selector
 from ext_proc.state import RequestState
 from ext_proc.stats import BackendHealth
@@ -33,6 +35,7 @@ from ext_proc.stats.pool_metrics import Pools
 from ext_proc.table import Routes, RoutingClient
 from ext_proc.usage import ledger as usage_ledger
 from ext_proc.usage.ledger import Ledger
+from switchyard.contract import REQUEST_ID_HEADER
 from switchyard.helpfmt import HelpFormatter
 from switchyard.logs import configure_logging
 
@@ -44,7 +47,7 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         self.pipeline = pipeline
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[Reply]:
         p = self.pipeline
         st: RequestState | None = None
         try:
@@ -78,9 +81,56 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     yield p.response(st, req)
                 else:
                     yield envoy.EMPTY
+        except Exception:  # a bug, not a client's error: say so in the client's schema
+            syslog.exception("ext_proc failed on a request",
+                             rid=st.rid if st is not None else None)
+            if st is not None and not st.logged:
+                yield envoy.reject(st.ingress, INTERNAL_ERROR)
         finally:
             if st is not None:
                 p.ended(st)
+
+
+#: The answer to a request the route phase failed on (an unexpected exception).
+INTERNAL_ERROR = Reject(500, "The gateway failed to process this request", "api_error",
+                        "internal_error")
+
+
+def serialize(reply: Reply) -> bytes:
+    """Replies the pipeline wrote in wire format (`wire.py`) go out as they are."""
+    return reply if type(reply) is bytes else reply.SerializeToString()  # type: ignore[union-attr]
+
+
+def add_processor(servicer: ExternalProcessor, server: grpc.aio.Server) -> None:
+    """`add_ExternalProcessorServicer_to_server`, with `serialize` for the replies."""
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.Process, request_deserializer=pb.ProcessingRequest.FromString,
+        response_serializer=serialize)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "envoy.service.ext_proc.v3.ExternalProcessor", {"Process": handler}),))
+
+
+class AttemptLog(als_grpc.AccessLogServiceServicer):
+    """Envoy's access log of failed upstream attempts (router `upstream_log`), batched."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+
+    async def StreamAccessLogs(
+            self, request_iterator: AsyncIterator[als_pb2.StreamAccessLogsMessage],
+            context: grpc.aio.ServicerContext) -> als_pb2.StreamAccessLogsResponse:
+        p = self.pipeline
+        async for msg in request_iterator:
+            for e in msg.http_logs.log_entry:
+                rid = e.request.request_headers.get(REQUEST_ID_HEADER, "")
+                if rid:
+                    flags = e.common_properties.response_flags
+                    p.attempt_failed(rid, e.common_properties.upstream_cluster,
+                                     e.response.response_code.value,
+                                     dict(e.response.response_headers),
+                                     flags.downstream_connection_termination
+                                     or flags.downstream_remote_reset)
+        return als_pb2.StreamAccessLogsResponse()
 
 
 async def serve(address: str, port: int, control_plane: str, metrics_port: int, node_id: str,
@@ -107,8 +157,9 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
     big = 64 * 1024 * 1024
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000), (
         "grpc.max_receive_message_length", big), ("grpc.max_send_message_length", big)])
-    pb_grpc.add_ExternalProcessorServicer_to_server(
-        ExternalProcessor(Pipeline(routing, health, gate, selector, pools)), server)
+    pipeline = Pipeline(routing, health, gate, selector, pools)
+    add_processor(ExternalProcessor(pipeline), server)
+    als_grpc.add_AccessLogServiceServicer_to_server(AttemptLog(pipeline), server)
     bound = server.add_insecure_port(f"{address}:{port}")
     if unix_socket:
         server.add_insecure_port(f"unix:{unix_socket}")

@@ -1,8 +1,8 @@
 """Per-request state shared by the phases of one request, and one record per attempt.
 
-The route phase creates a `RequestState`; each translate-phase stream (one per attempt, same
-process) finds it by the request id and appends an `Attempt`; the response phase reads which
-attempt answered and accounts the request when it ends.
+The route phase creates a `RequestState` and builds the first attempt itself; each retry's
+translate-phase stream (same process) finds it by the request id and appends an `Attempt`;
+the response phase reads which attempt answered and accounts the request when it ends.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Attempt:
     started: float = field(default_factory=time.monotonic)
     #: Upstream status once its response headers arrived (0 before).
     status: int = 0
+    #: Built by the route phase (the first attempt): no translate phase sees its answer.
+    by_route: bool = False
 
 
 class RequestState:
@@ -54,6 +56,7 @@ class RequestState:
         "max_price_usd",
         "model",
         "pool_pick",
+        "present",
         "rate_headers",
         "raw",
         "reservation",
@@ -81,6 +84,8 @@ class RequestState:
         self.model = ""
         self.stream = False
         self.candidates: tuple[BackendInfo, ...] = ()
+        #: Names of the headers the client sent (what the first attempt must remove).
+        self.present: list[str] = []
         #: Attempts seen by the translate phase, in start order.
         self.attempts: list[Attempt] = []
         #: Envoy's own attempt count (refused connections included), from the response.

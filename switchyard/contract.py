@@ -22,6 +22,8 @@ ATTEMPTS_HEADER = "x-switchyard-attempts"
 #: backend cluster that answered: with hedging the route phase cannot otherwise tell which of
 #: several attempts won (it is removed before the client sees the response).
 ANSWERED_BY_HEADER = "x-switchyard-answered-by"
+#: Envoy's gRPC access log of failed upstream attempts (router `upstream_log`), to ext_proc.
+ATTEMPT_LOG_NAME = "switchyard_failed_attempts"
 
 #: Dynamic metadata (namespace, key) carrying a request's ordered candidates for the
 #: priority_group cluster specifier.

@@ -1,6 +1,7 @@
 """Clusters: one per backend (provider x upstream model), plus one priority cluster per hedged
-model. Each carries the translate phase (upstream ext_proc filter), circuit breakers, outlier
-detection and TLS to its provider."""
+model. Each carries the translate phase (upstream ext_proc filter; in a backend cluster only for
+retries, the route phase prepares first attempts), circuit breakers, outlier detection and TLS
+to its provider."""
 
 from __future__ import annotations
 
@@ -8,17 +9,21 @@ import ipaddress
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2  # noqa: F401
+from envoy.extensions.filters.http.composite.v3 import composite_pb2  # noqa: F401
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2  # noqa: F401  (Any registry)
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from envoy.type.matcher.v3 import http_inputs_pb2  # noqa: F401
 from google.protobuf import json_format
 
 from control_plane.compile.endpoints import apply_pool
 from control_plane.compile.names import cluster_name, ext_proc_filter, hedge_cluster_name
 from control_plane.compile.quotas import max_concurrent
 from control_plane.config import Backend, GatewayConfig, Model, Provider
-from switchyard.contract import METADATA_NAMESPACE
+from switchyard.contract import DESTINATION_ENDPOINT_HEADER, METADATA_NAMESPACE, MODEL_HEADER
 
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -74,6 +79,56 @@ def _upstream_ext_proc(cfg: GatewayConfig, host_metadata: bool = False) -> dict[
     )
 
 
+#: Headers the route phase and Envoy's router put on the request for Envoy itself (route and
+#: endpoint choice, the attempt counter the translate-phase matcher reads, the router's
+#: timeout hint, the scheme the route match needs): removed before any attempt reaches a
+#: provider.
+INTERNAL_UPSTREAM_HEADERS = (MODEL_HEADER, DESTINATION_ENDPOINT_HEADER, "x-envoy-attempt-count",
+                             "x-envoy-expected-rq-timeout-ms", "x-envoy-is-timeout-retry",
+                             "x-forwarded-proto")
+
+
+def _translate_on_retry(ext_proc: dict[str, Any]) -> dict[str, Any]:
+    """The translate phase for attempts after the first only.
+
+    The route phase already built the first attempt's request (for the first candidate), so
+    on the common path no per-attempt gRPC stream is opened at all; a retry (Envoy's
+    `x-envoy-attempt-count` is not 1, or absent) runs ext_proc, which rebuilds the request
+    for its backend. Envoy's composite filter, matched on the attempt count, does the skip.
+    """
+    attempt_is_one = {"single_predicate": {
+        "input": {"name": "attempt_count", "typed_config": {
+            "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+            "header_name": "x-envoy-attempt-count"}},
+        "value_match": {"exact": "1"}}}
+    return {
+        "name": "switchyard.translate_on_retry",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.common.matching.v3."
+                     "ExtensionWithMatcher",
+            "xds_matcher": {"matcher_list": {"matchers": [{
+                "predicate": {"not_matcher": attempt_is_one},
+                "on_match": {"action": {"name": "translate", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.composite."
+                             "v3.ExecuteFilterAction",
+                    "typed_config": {"name": ext_proc["name"],
+                                     "typed_config": ext_proc["typed_config"]}}}}}]}},
+            "extension_config": {"name": "envoy.filters.http.composite", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.composite.v3."
+                         "Composite"}},
+        },
+    }
+
+
+def _strip_internal_headers() -> dict[str, Any]:
+    """Envoy removes the internal headers of every attempt (the first one never meets a
+    translate phase that could)."""
+    return {"name": "envoy.filters.http.header_mutation", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3."
+                 "HeaderMutation",
+        "mutations": {"request_mutations": [{"remove": h} for h in INTERNAL_UPSTREAM_HEADERS]}}}
+
+
 def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provider,
              backend: Backend) -> dict[str, Any]:
     protocol: dict[str, Any] = (
@@ -125,7 +180,8 @@ def _cluster(cfg: GatewayConfig, name: str, provider_name: str, provider: Provid
                          "HttpProtocolOptions",
                 **protocol,
                 "http_filters": [
-                    _upstream_ext_proc(cfg),
+                    _translate_on_retry(_upstream_ext_proc(cfg)),
+                    _strip_internal_headers(),
                     {"name": "envoy.filters.http.upstream_codec", "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.http."
                                  "upstream_codec.v3.UpstreamCodec"}},
@@ -172,6 +228,8 @@ def _hedge_cluster(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, An
             for host in tls_hosts]
     options = cluster["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    # Every attempt of a hedged model is translated here (the endpoint, hence the backend, is
+    # only known once Envoy picked it).
     options["http_filters"][0] = _upstream_ext_proc(cfg, host_metadata=True)
     # Endpoints may mix TLS and plaintext: ALPN-based protocol selection needs TLS on every
     # endpoint, so a hedge cluster speaks HTTP/1.1 everywhere.

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2  # noqa: F401  (Any registry)
 from envoy.extensions.filters.http.ext_proc.v3 import ext_proc_pb2  # noqa: F401  (Any registry)
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
@@ -15,6 +16,7 @@ from google.protobuf import json_format
 
 from control_plane.compile.clusters import backend_clusters
 from control_plane.compile.names import (
+    EXT_PROC_CLUSTER,
     LISTENER_NAME,
     ROUTE_CONFIG_NAME,
     error_json,
@@ -23,7 +25,43 @@ from control_plane.compile.names import (
 )
 from control_plane.compile.quotas import local_rate_limit_filter
 from control_plane.config import GatewayConfig
-from switchyard.contract import METADATA_NAMESPACE
+from switchyard.contract import ATTEMPT_LOG_NAME, METADATA_NAMESPACE, REQUEST_ID_HEADER
+
+#: Response headers of a failed attempt that health and admission read (cool-down and the
+#: provider's own rate-limit state).
+ATTEMPT_LOG_RESPONSE_HEADERS = (
+    "retry-after", "retry-after-ms",
+    *(f"x-ratelimit-{k}-{w}" for k in ("remaining", "limit", "reset")
+      for w in ("requests", "tokens")),
+    *(f"anthropic-ratelimit-{w}-{k}" for w in ("requests", "tokens", "input-tokens",
+                                               "output-tokens")
+      for k in ("remaining", "limit", "reset")))
+
+
+def failed_attempt_log() -> dict[str, Any]:
+    """Every failed upstream attempt (status >= 400, or no response) streamed to ext_proc
+    over gRPC access logging (batched, off the request path). The route phase builds first
+    attempts without a translate-phase stream, so this is how their failures (a 429 and its
+    retry-after, a 5xx, a refused connection) reach health, statistics and admission."""
+    def status(op: str, value: int) -> dict[str, Any]:
+        return {"status_code_filter": {"comparison": {"op": op, "value": {
+            "default_value": value, "runtime_key": f"switchyard.attempt_log_{op.lower()}"}}}}
+    return {
+        "name": "envoy.access_loggers.http_grpc",
+        "filter": {"or_filter": {"filters": [status("GE", 400), status("EQ", 0)]}},
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3."
+                     "HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": ATTEMPT_LOG_NAME,
+                "transport_api_version": "V3",
+                "grpc_service": {"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}},
+                "buffer_flush_interval": "0.02s",
+            },
+            "additional_request_headers_to_log": [REQUEST_ID_HEADER],
+            "additional_response_headers_to_log": list(ATTEMPT_LOG_RESPONSE_HEADERS),
+        },
+    }
 
 
 def listener(cfg: GatewayConfig) -> listener_pb2.Listener:
@@ -41,8 +79,9 @@ def _listener(cfg: GatewayConfig) -> dict[str, Any]:
         # The route phase sets each request's retry budget and per-try timeout (first-byte
         # timeout for streams, hedge delay for hedged models) as `x-envoy-max-retries` and
         # `x-envoy-upstream-rq-per-try-timeout-ms`: Envoy drops x-envoy-* mutations (and
-        # counts them in `ext_proc.rejected_header_mutations`) unless allowed here.
-        mutation_rules={"allow_envoy": True},
+        # counts them in `ext_proc.rejected_header_mutations`) unless allowed here. It also
+        # builds the first attempt's request (:path, :authority, the provider's headers).
+        mutation_rules={"allow_envoy": True, "allow_all_routing": True},
         processing_mode={
             "request_header_mode": "SEND",
             "request_body_mode": "BUFFERED",
@@ -93,7 +132,8 @@ def _listener(cfg: GatewayConfig) -> dict[str, Any]:
             # Envoy's own quota safety net (provider/backend rpm), when any is configured.
             *filter(None, [local_rate_limit_filter(cfg, backend_clusters(cfg))]),
             {"name": "envoy.filters.http.router", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                "upstream_log": [failed_attempt_log()]}},
         ],
     }
     return {

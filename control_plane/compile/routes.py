@@ -100,6 +100,8 @@ def _routes(cfg: GatewayConfig, created: Mapping[str, int]) -> dict[str, Any]:
         "virtual_hosts": [{
             "name": "switchyard",
             "domains": ["*"],
+            # `x-envoy-attempt-count` on each attempt: the translate phase runs from attempt 2.
+            "include_request_attempt_count": True,
             "routes": [
                 {"name": "models", "match": {"path": MODELS_PATH, "headers": [get]},
                  "direct_response": {"status": 200, "body": {"inline_string": models_body}},
@@ -202,7 +204,10 @@ def _model_route(cfg: GatewayConfig, alias: str, model: Model) -> dict[str, Any]
             "header": {"key": ATTEMPTS_HEADER,
                        "value": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%"},
             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
-        "match": {"safe_regex": {"regex": INGRESS_PATHS_REGEX}, "headers": [
+        # The model header alone (the route phase sets it for an API request it accepted,
+        # and strips a client's own copy): the route phase may already have rewritten :path
+        # for the first attempt's provider.
+        "match": {"prefix": "/", "headers": [
             {"name": ":method", "string_match": {"exact": "POST"}},
             {"name": MODEL_HEADER, "string_match": {"exact": alias}}]},
         "route": route,

@@ -18,25 +18,25 @@ def account(r: UsageRecord) -> None:
     if ledger.LEDGER is not None:
         ledger.LEDGER.append(r)
     if r.outcome == "rejected":
-        metrics.REJECTED.labels(reason=r.code or "rejected").inc()
+        metrics.child(metrics.REJECTED, r.code or "rejected").inc()
         log.info("request", rid=r.rid, model=r.model or None, tenant=r.tenant,
                  priority=r.klass, status=r.status, outcome="rejected", code=r.code,
                  latency_ms=round(r.latency_s * 1000, 1))
         return
     u = r.usage
     m = metrics
-    m.REQUESTS.labels(r.model, r.backend, str(r.status)).inc()
-    m.LATENCY.labels(r.model, r.backend).observe(r.latency_s)
+    m.child(m.REQUESTS, r.model, r.backend, str(r.status)).inc()
+    m.child(m.LATENCY, r.model, r.backend).observe(r.latency_s)
     if r.ttft_s is not None:
-        m.TTFT.labels(r.model, r.backend).observe(r.ttft_s)
+        m.child(m.TTFT, r.model, r.backend).observe(r.ttft_s)
     for kind, n in (("prompt", u.prompt), ("completion", u.completion), ("cached", u.cached),
                     ("reasoning", u.reasoning)):
         if n:
-            m.TOKENS.labels(r.model, r.backend, kind).inc(n)
+            m.child(m.TOKENS, r.model, r.backend, kind).inc(n)
     if r.cost_usd:
-        m.COST.labels(r.model, r.backend).inc(r.cost_usd)
+        m.child(m.COST, r.model, r.backend).inc(r.cost_usd)
     if r.attempts > 1:
-        m.FAILOVERS.labels(r.model, r.backend).inc(r.attempts - 1)
+        m.child(m.FAILOVERS, r.model, r.backend).inc(r.attempts - 1)
     _genai(r)
     log.info(
         "request",
@@ -69,10 +69,10 @@ def _genai(r: UsageRecord) -> None:
               r.response_model or "", r.operation)
     error = "" if 200 <= r.status < 400 and r.outcome == "completed" else (
         str(r.status) if r.status else r.outcome)
-    m.GENAI_DURATION.labels(*labels, error).observe(r.latency_s)
+    m.child(m.GENAI_DURATION, *labels, error).observe(r.latency_s)
     if r.ttft_s is not None:
-        m.GENAI_TTFT.labels(*labels).observe(r.ttft_s)
+        m.child(m.GENAI_TTFT, *labels).observe(r.ttft_s)
     u = r.usage
     if u.prompt or u.completion:
-        m.GENAI_TOKENS.labels(*labels, "input").observe(u.prompt)
-        m.GENAI_TOKENS.labels(*labels, "output").observe(u.completion)
+        m.child(m.GENAI_TOKENS, *labels, "input").observe(u.prompt)
+        m.child(m.GENAI_TOKENS, *labels, "output").observe(u.completion)

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+_CHILDREN: dict[tuple[MetricWrapperBase, tuple[str, ...]], Any] = {}
+
+
+def child(metric: MetricWrapperBase, *labels: str) -> Any:
+    """`metric.labels(*labels)`, memoized: prometheus_client validates and locks on every
+    `labels()` call (a few µs each, a dozen per request); the children never change."""
+    key = (metric, labels)
+    c = _CHILDREN.get(key)
+    if c is None:
+        if len(_CHILDREN) > 100_000:  # unbounded label values would be a bug elsewhere
+            _CHILDREN.clear()
+        c = _CHILDREN[key] = metric.labels(*labels)
+    return c
+
 
 REQUESTS = Counter("switchyard_requests_total", "Requests answered", ["model", "backend", "status"])
 REJECTED = Counter("switchyard_rejected_total", "Requests rejected before routing", ["reason"])

@@ -23,7 +23,6 @@ from control_plane.compile.quotas import fleet_assignment
 from control_plane.compile.routes import model_path_regex
 from control_plane.config import parse_config
 from protos import envoy_vendor_pb2
-from switchyard.contract import INGRESS_PATHS_REGEX
 from switchyard.launcher import render_bootstrap
 from tests.unit.control_plane.envoy_check import assert_envoy_accepts
 
@@ -81,7 +80,8 @@ def test_models_route_is_a_direct_response() -> None:
     assert [(m["id"], m["owned_by"]) for m in body["data"]] == [
         ("fast", "openai"), ("smart", "anthropic")]
     fast = by_name["chat:fast"]
-    assert fast.match.safe_regex.regex == INGRESS_PATHS_REGEX
+    # Matched on the model header (the route phase may have rewritten :path already).
+    assert fast.match.prefix == "/"
     assert fast.match.headers[1].name == "x-switchyard-model"
     assert fast.match.headers[1].string_match.exact == "fast"
 
@@ -162,6 +162,43 @@ def test_route_phase_may_set_envoy_retry_headers() -> None:
     route_phase = ext_proc_pb2.ExternalProcessor()
     hcm.http_filters[0].typed_config.Unpack(route_phase)
     assert route_phase.mutation_rules.allow_envoy.value
+
+
+def test_translate_phase_runs_from_the_second_attempt_and_failures_are_logged() -> None:
+    """Backend clusters wrap the translate phase in a composite filter matched on
+    `x-envoy-attempt-count` (the route phase builds attempt 1), strip internal headers in
+    Envoy, and the router streams failed attempts to ext_proc's access-log service."""
+    from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+    from envoy.extensions.common.matching.v3 import extension_matcher_pb2
+    from envoy.extensions.filters.http.router.v3 import router_pb2
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+    snap = _snapshot()
+    sim = next(c for c in snap.resources[CLUSTER_TYPE] if c.name == "sim.gpt-4o-mini")
+    opts = http_protocol_options_pb2.HttpProtocolOptions()
+    sim.typed_extension_protocol_options[
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Unpack(opts)
+    assert [f.name for f in opts.http_filters] == [
+        "switchyard.translate_on_retry", "envoy.filters.http.header_mutation",
+        "envoy.filters.http.upstream_codec"]
+    wrapped = extension_matcher_pb2.ExtensionWithMatcher()
+    opts.http_filters[0].typed_config.Unpack(wrapped)
+    only = wrapped.xds_matcher.matcher_list.matchers[0]
+    single = only.predicate.not_matcher.single_predicate
+    assert single.value_match.exact == "1"
+    assert "x-envoy-attempt-count" in str(single.input.typed_config.value)
+    assert "ExecuteFilterAction" in only.on_match.action.typed_config.type_url
+    routes = snap.resources[ROUTE_TYPE][0]
+    assert routes.virtual_hosts[0].include_request_attempt_count
+    hcm = http_connection_manager_pb2.HttpConnectionManager()
+    snap.resources[LISTENER_TYPE][0].filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    router = router_pb2.Router()
+    hcm.http_filters[-1].typed_config.Unpack(router)
+    als = als_pb2.HttpGrpcAccessLogConfig()
+    router.upstream_log[0].typed_config.Unpack(als)
+    assert als.common_config.grpc_service.envoy_grpc.cluster_name == "switchyard_ext_proc"
+    assert "retry-after" in als.additional_response_headers_to_log
+    assert "x-switchyard-rid" in als.additional_request_headers_to_log
 
 
 def test_version_changes_only_with_config() -> None:
