@@ -131,7 +131,7 @@ class Selector:
         self.stats.observe_status(cluster, time.monotonic(), status)
 
     def remember(self, response_id: str, model: str, cluster: str, category: str) -> None:
-        self.served.remember(response_id, ServedBy(model, cluster, category))
+        self.served.remember(response_id, self.served.of(model, cluster, category))
 
     def feedback(self, raw: bytes) -> FeedbackReply:
         """`POST /v1/feedback {"id": ..., "score": 0..1}` or `{"id": ..., "accepted": bool}`,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -27,8 +28,11 @@ PRIOR_STRENGTH = 20.0
 UNKNOWN_PRIOR = 0.5
 UNKNOWN_STRENGTH = 2.0
 MAX_OBSERVATIONS = 1000.0
-#: How many served responses feedback can still name (per replica).
+#: How many served responses feedback can still name (per replica), and for how long (the
+#: fleet's Redis keeps them for an hour, `select/fleet.py`): a replica's memory for them stops
+#: growing after FEEDBACK_WINDOW_S at any rate below the capacity.
 SERVED_CAPACITY = 100_000
+FEEDBACK_WINDOW_S = 900.0
 
 
 def prior_of(backend: BackendInfo, category: str) -> tuple[float, float]:
@@ -149,23 +153,44 @@ class ServedBy:
 
 
 class Served:
-    """Bounded LRU: response id -> what served it."""
+    """Response id -> what served it, for `FEEDBACK_WINDOW_S` and at most `capacity` ids
+    (oldest dropped first). One shared `ServedBy` per (model, cluster, category)."""
 
-    def __init__(self, capacity: int = SERVED_CAPACITY) -> None:
+    def __init__(self, capacity: int = SERVED_CAPACITY,
+                 window_s: float = FEEDBACK_WINDOW_S) -> None:
         self.capacity = capacity
-        self._by_id: OrderedDict[str, ServedBy] = OrderedDict()
+        self.window_s = window_s
+        self._by_id: OrderedDict[str, tuple[ServedBy, float]] = OrderedDict()
+        self._shared: dict[tuple[str, str, str], ServedBy] = {}
         #: Remembered since the last fleet sync (None: no fleet sync).
         self.fresh: list[tuple[str, ServedBy]] | None = None
 
-    def remember(self, response_id: str, served: ServedBy) -> None:
-        self._by_id[response_id] = served
-        if len(self._by_id) > self.capacity:
-            self._by_id.popitem(last=False)
+    def of(self, model: str, cluster: str, category: str) -> ServedBy:
+        key = (model, cluster, category)
+        served = self._shared.get(key)
+        if served is None:
+            if len(self._shared) > 10_000:
+                self._shared.clear()
+            served = self._shared[key] = ServedBy(model, cluster, category)
+        return served
+
+    def remember(self, response_id: str, served: ServedBy, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        by_id = self._by_id
+        by_id[response_id] = (served, now)
+        while by_id:
+            oldest = next(iter(by_id.values()))
+            if len(by_id) <= self.capacity and now - oldest[1] < self.window_s:
+                break
+            by_id.popitem(last=False)
         if self.fresh is not None:
             self.fresh.append((response_id, served))
 
     def get(self, response_id: str) -> ServedBy | None:
-        return self._by_id.get(response_id)
+        got = self._by_id.get(response_id)
+        if got is None or time.monotonic() - got[1] >= self.window_s:
+            return None
+        return got[0]
 
     def __len__(self) -> int:
         return len(self._by_id)

@@ -272,6 +272,15 @@ def test_served_memory_is_bounded() -> None:
     for i in range(5):
         s.remember(f"id{i}", "m", "a", "chat")
     assert len(s.served) == 3 and s.served.get("id0") is None
+    # ... and in time: ids older than the feedback window are forgotten (memory stops
+    # growing after the window at any rate under the capacity).
+    s = _sel()
+    s.served.capacity, s.served.window_s = 100, 60.0
+    for i in range(5):
+        s.served.remember(f"old{i}", s.served.of("m", "a", "chat"), now=-100.0)
+    assert s.served.get("old4") is None
+    s.remember("new", "m", "a", "chat")
+    assert len(s.served) == 1 and s.served.get("new") == s.served.of("m", "a", "chat")
 
 
 HIDDEN = {"a": {"code": 0.9, "chat": 0.6, "reasoning": 0.6},
