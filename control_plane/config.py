@@ -540,6 +540,19 @@ class ExtProcSettings(_Strict):
     #: Concurrent gRPC streams Envoy may open to ext_proc (the ext_proc cluster's circuit
     #: breakers; each request is one route-phase stream plus one per attempt).
     max_streams: int = Field(default=20_000, ge=1)
+    #: ext_proc processes behind this Envoy (one core each for Python): worker i listens on
+    #: port + i and metrics_port + i. Each worker is a replica of admission and selection
+    #: state, so more than one needs `shared_state.redis`; `auto`: the number of cores when
+    #: Redis is configured, else 1.
+    workers: int | Literal["auto"] = 1
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _worker_count(cls, v: Any) -> Any:
+        """One readable error for anything but `auto` or 1..256."""
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256):
+            return v
+        raise ValueError(f"workers must be a whole number from 1 to 256, or auto (got {v!r})")
 
 
 class ControlPlaneSettings(_Strict):
@@ -606,9 +619,11 @@ class GatewayConfig(_Strict):
             (("control_plane", "port"), self.control_plane.address, self.control_plane.port),
             (("control_plane", "status_port"), self.control_plane.status_address,
              self.control_plane.status_port),
-            (("ext_proc", "port"), self.ext_proc.address, self.ext_proc.port),
-            (("ext_proc", "metrics_port"), self.ext_proc.address, self.ext_proc.metrics_port),
         ]
+        for i in range(self.ext_proc_workers):  # worker i: port + i, metrics_port + i
+            for key in ("port", "metrics_port"):
+                base = getattr(self.ext_proc, key)
+                binds.append((("ext_proc", key), self.ext_proc.address, base + i if base else 0))
         for name, p in self.providers.items():
             if p.simulate is None:
                 continue
@@ -620,6 +635,30 @@ class GatewayConfig(_Strict):
             else:
                 binds.append((("providers", name, "base_url"), p.host, p.port))
         return binds
+
+    @property
+    def ext_proc_workers(self) -> int:
+        """How many ext_proc processes run behind this Envoy (`auto` resolved)."""
+        workers = self.ext_proc.workers
+        if workers == "auto":
+            return (os.cpu_count() or 1) if self._shared else 1
+        return workers
+
+    @property
+    def _shared(self) -> bool:
+        return self.shared_state is not None and self.shared_state.redis is not None
+
+    @model_validator(mode="after")
+    def _workers(self) -> GatewayConfig:
+        """Workers are replicas of admission and selection state: without Redis each would
+        admit its own share of every limit and learn from a fraction of the traffic."""
+        workers = self.ext_proc.workers
+        if workers != "auto" and workers > 1 and not self._shared:
+            raise _RefError(("ext_proc", "workers"), (
+                f"{workers} workers need shared_state.redis: each worker is a separate replica "
+                "of admission limits and live selection statistics, which only stay correct "
+                "when they share state (use 1, or configure shared_state.redis)"))
+        return self
 
     @model_validator(mode="after")
     def _ports(self) -> GatewayConfig:

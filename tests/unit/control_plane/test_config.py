@@ -199,3 +199,21 @@ def test_two_simulated_providers_on_one_port_are_rejected() -> None:
     text = text.replace("api_key: {env: SY_TEST_KEY}}", "api_key: {env: SY_TEST_KEY}, simulate: {}}")
     err = _err(text)
     assert err.field == "providers.p2.base_url" and "providers.p1.base_url" in err.message
+
+
+def test_ext_proc_workers_need_shared_state() -> None:
+    """More than one worker is more than one replica of admission and selection state: it
+    needs Redis, and the error says which field and why; `auto` falls back to 1 without it."""
+    err = _err(GOOD + "ext_proc: {workers: 2}\n")
+    assert err.field == "ext_proc.workers" and err.line == 10
+    assert "shared_state.redis" in err.message and "replica" in err.message
+    assert "whole number" in _err(GOOD + "ext_proc: {workers: 0}\n").message
+    assert parse_config(GOOD + "ext_proc: {workers: auto}\n", "c.yaml").ext_proc_workers == 1
+    shared = GOOD + "shared_state: {redis: {url: 'redis://127.0.0.1:6379'}}\n"
+    cfg = parse_config(shared + "ext_proc: {workers: 3, port: 18081, metrics_port: 9464}\n",
+                       "c.yaml")
+    assert cfg.ext_proc_workers == 3
+    ports = {p for loc, _, p in cfg.binds() if loc[0] == "ext_proc"}
+    assert ports == {18081, 18082, 18083, 9464, 9465, 9466}
+    assert "already used" in _err(shared + "ext_proc: {workers: 2, port: 9000, "
+                                           "metrics_port: 9001}\n").message
