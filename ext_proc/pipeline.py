@@ -22,8 +22,9 @@ from ext_proc.select.pool_route import pick_endpoint, steer
 from ext_proc.state import Attempt, RequestState
 from ext_proc.stats import BackendHealth
 from ext_proc.stats.pool_metrics import Pools
-from ext_proc.table import Routes, RoutingClient
+from ext_proc.table import BackendInfo, Routes, RoutingClient
 from ext_proc.usage import NO_USAGE, UsageRecord, account
+from ext_proc.workers import Siblings
 from switchyard.contract import CHAT_PATH, FEEDBACK_PATH
 
 #: A reply to Envoy: a message, or one already in wire format (`ext_proc.wire`).
@@ -37,8 +38,10 @@ FIRST_ATTEMPTS_KEPT = 10_000
 class Pipeline:
     def __init__(self, routing: RoutingClient, health: BackendHealth | None = None,
                  gate: Gate | None = None, selector: Selector | None = None,
-                 pools: Pools | None = None) -> None:
+                 pools: Pools | None = None, siblings: Siblings | None = None) -> None:
         self.routing = routing
+        #: The other ext_proc workers behind this Envoy (None: this is the only one).
+        self.siblings = siblings
         self.health = health or BackendHealth()
         self.gate = gate or Gate()
         #: Live selection's state: statistics, quality posteriors, served response ids.
@@ -53,7 +56,8 @@ class Pipeline:
         self._unreported: dict[str, tuple[Attempt, float]] = {}
         self._order = envoy.OrderMetadata()
         self._ids = itertools.count(1)
-        self._prefix = f"{os.getpid():x}-{int(time.time()) & 0xFFFFFF:x}-"
+        self._prefix = (f"{siblings.prefix if siblings else ''}{os.getpid():x}-"
+                        f"{int(time.time()) & 0xFFFFFF:x}-")
 
     def new_request(self) -> RequestState:
         return RequestState(self._prefix + str(next(self._ids)))
@@ -241,6 +245,11 @@ class Pipeline:
         else:
             waited = self._unreported.pop(rid, None)
             first = waited[0] if waited is not None else None
+        if first is None and st is None and self.siblings is not None:
+            owner = self.siblings.elsewhere(rid)  # another worker routed it: tell that one
+            if owner is not None:
+                self.siblings.attempt_failed(owner, rid, cluster, status, headers, client_gone)
+            return
         if (first is None or not first.by_route or first.status
                 or first.backend.cluster != cluster):
             return
@@ -253,10 +262,21 @@ class Pipeline:
     # -- translate phase --------------------------------------------------------------------
     async def translate_phase(self, req: pb.ProcessingRequest,
                                rest: AsyncIterator[pb.ProcessingRequest]
-                               ) -> AsyncIterator[pb.ProcessingResponse]:
+                               ) -> AsyncIterator[Reply]:
         """One attempt: rewrite the request, then watch its response status for health."""
         rid, cluster, present = envoy.attempt_target(req)
         st, routes = self.inflight.get(rid), self.routing.routes
+        owner = self.siblings.elsewhere(rid) if st is None and self.siblings else None
+        if owner is not None:  # another worker routed it: that one builds the attempt
+            assert self.siblings is not None
+            remote = await self.siblings.attempt(owner, rid, cluster, present)
+            if remote is not None:
+                yield remote[0]
+                if remote[1]:  # forwarded (else an error answer, as below)
+                    async for resp in self._watch(None, routes.clusters.get(cluster), cluster,
+                                                  rest):
+                        yield resp
+                return
         backend, problem = attempt.resolve(st, cluster, routes)
         if st is None or backend is None:
             assert problem is not None
@@ -267,13 +287,20 @@ class Pipeline:
             yield envoy.reject(st.ingress, built)  # logged by the route phase's response path
             return
         yield envoy.upstream(built)
+        async for resp in self._watch(st, backend, backend.cluster, rest):
+            yield resp
+
+    async def _watch(self, st: RequestState | None, backend: BackendInfo | None, cluster: str,
+                     rest: AsyncIterator[pb.ProcessingRequest]) -> AsyncIterator[Reply]:
+        """An attempt's response status: health, statistics, and which backend answered
+        (`st` None: another worker holds the request's state)."""
         async for msg in rest:
             if msg.WhichOneof("request") == "response_headers":
                 headers = envoy.headers(msg.response_headers)
-                attempt.answered(st, backend, headers, self.health, self.gate)
+                if backend is not None:
+                    attempt.answered(st, backend, headers, self.health, self.gate)
                 status = headers.get(":status", "")
-                self.selector.attempt_status(backend.cluster,
-                                             int(status) if status.isdigit() else 0)
-                yield envoy.answered_by(backend.cluster)
+                self.selector.attempt_status(cluster, int(status) if status.isdigit() else 0)
+                yield envoy.answered_by(cluster)
             else:
                 yield envoy.EMPTY

@@ -64,6 +64,9 @@ def on_headers(st: RequestState, headers: dict[str, str], end_of_stream: bool,
         attempt = st.attempt_for(answered_by)
         if attempt is not None:  # with hedging, not necessarily the last attempt started
             st.backend = attempt.backend
+        else:  # another worker ran the attempt and could not reach this one
+            st.backend = next((b for b in st.candidates if b.cluster == answered_by),
+                              st.backend)
     envoy_attempts = headers.get(ATTEMPTS_HEADER, "")
     if envoy_attempts.isdigit():
         st.envoy_attempts = int(envoy_attempts)

@@ -2,8 +2,9 @@
 
 Route phase (listener filter): request headers and buffered body -> `route`; response headers
 and body -> `respond`. Translate phase (upstream filter, one stream per attempt, told apart by
-the attributes Envoy sends) -> `attempt`. Both reach this process, so an attempt finds the
-route phase's parsed request in memory by request id. `envoy.py` converts protobuf.
+the attributes Envoy sends) -> `attempt`. An attempt finds the route phase's parsed request
+in memory by request id; with several workers (`ext_proc.workers`) a retry that lands on
+another worker is built by the owner (`workers.py`). `envoy.py` converts protobuf.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from envoy.service.accesslog.v3 import als_pb2_grpc as als_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
-from ext_proc import admin, envoy
+from ext_proc import admin, envoy, workers
 from ext_proc.admission.gate import Gate
 from ext_proc.pipeline import Pipeline, Reply
 from ext_proc.providers import warm
@@ -135,7 +136,8 @@ class AttemptLog(als_grpc.AccessLogServiceServicer):
 
 async def serve(address: str, port: int, control_plane: str, metrics_port: int, node_id: str,
                 envoy_admin: str | None = None, unix_socket: str | None = None,
-                ledger: Ledger | None = None) -> None:
+                ledger: Ledger | None = None, worker: int = 0,
+                internal_sockets: list[str] | None = None) -> None:
     gate = Gate()
     pools = Pools()
 
@@ -157,13 +159,16 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
     big = 64 * 1024 * 1024
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000), (
         "grpc.max_receive_message_length", big), ("grpc.max_send_message_length", big)])
-    pipeline = Pipeline(routing, health, gate, selector, pools)
+    siblings = workers.Siblings(worker, internal_sockets) if internal_sockets else None
+    pipeline = Pipeline(routing, health, gate, selector, pools, siblings)
     add_processor(ExternalProcessor(pipeline), server)
     als_grpc.add_AccessLogServiceServicer_to_server(AttemptLog(pipeline), server)
     bound = server.add_insecure_port(f"{address}:{port}")
     if unix_socket:
         server.add_insecure_port(f"unix:{unix_socket}")
     await server.start()
+    internal = (await workers.start_internal(internal_sockets[worker], pipeline)
+                if internal_sockets else None)
     http = await admin.start_http(address, metrics_port, routing, health, gate, selector,
                                   pools)
     syslog.info("ext_proc listening", address=address, port=bound, control_plane=control_plane,
@@ -176,6 +181,10 @@ async def serve(address: str, port: int, control_plane: str, metrics_port: int, 
         task.cancel()
     await server.stop(grace=2)
     await http.cleanup()
+    if internal is not None:
+        await internal.cleanup()
+    if siblings is not None:
+        await siblings.close()
     if ledger is not None:
         ledger.close()  # requests that ended during the grace period are written too
 
@@ -196,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "in this directory; default: no ledger"),
         ("--usage-flush-ms", 1000, "longest time a ledger record waits in memory"),
         ("--usage-max-file-mb", 64.0, "start a new ledger file past this size"),
+        ("--worker", 0, "this worker's index among the ext_proc workers behind one Envoy"),
+        ("--internal-sockets", None, "every worker's internal Unix socket, comma-separated by "
+                                     "index: a retry another worker routed is built there"),
     ):
         parser.add_argument(flag, default=default, help=help_,
                             type=type(default) if default is not None else str)
@@ -208,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     ledger = (Ledger(args.usage_dir, args.node_id, flush_interval_s=args.usage_flush_ms / 1000,
                      max_file_mb=args.usage_max_file_mb) if args.usage_dir else None)
     uvloop.run(serve(args.address, args.port, args.control_plane, args.metrics_port,
-                     args.node_id, args.envoy_admin, args.unix_socket, ledger))
+                     args.node_id, args.envoy_admin, args.unix_socket, ledger, args.worker,
+                     args.internal_sockets.split(",") if args.internal_sockets else None))
 
 
 if __name__ == "__main__":
