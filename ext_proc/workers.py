@@ -24,6 +24,7 @@ import structlog
 from aiohttp import web
 
 from ext_proc import attempt, envoy, route
+from ext_proc.usage import metrics
 
 if TYPE_CHECKING:
     from ext_proc.pipeline import Pipeline
@@ -83,13 +84,16 @@ class Siblings:
         try:
             async with self._session(owner).post("http://worker/internal/attempt",
                                                  data=body) as r:
-                if r.status != 200:
-                    return None
-                return await r.read(), r.headers.get(FORWARD_HEADER) == "1"
+                if r.status == 200:
+                    forward = r.headers.get(FORWARD_HEADER) == "1"
+                    reply = await r.read()
+                    metrics.REMOTE_ATTEMPTS.labels("built" if forward else "rejected").inc()
+                    return reply, forward
         except (aiohttp.ClientError, OSError) as exc:  # OSError: timeouts too
             log.warning("worker did not answer for a retry", worker=owner, rid=rid,
                         error=repr(exc))
-            return None
+        metrics.REMOTE_ATTEMPTS.labels("unavailable").inc()
+        return None
 
     def attempt_failed(self, owner: int, rid: str, cluster: str, status: int,
                        headers: dict[str, str], client_gone: bool) -> None:

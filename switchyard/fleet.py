@@ -72,7 +72,8 @@ class Node(Children):
             *(["--usage-dir", str(self.usage_dir)] if self.usage_dir else [])])
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
-            ext_proc_endpoint=f'{{pipe: {{path: "{sock}"}}}}', ext_proc_cluster=EXT_PROC_CLUSTER,
+            ext_proc_lb_endpoints=f'[{{endpoint: {{address: {{pipe: {{path: "{sock}"}}}}}}}}]',
+            ext_proc_cluster=EXT_PROC_CLUSTER,
             xds_cluster=XDS_CLUSTER, fleet_cluster=FLEET_CLUSTER, node_id=self.node_id,
             listen=(":".join(map(str, host_port(self.listen))) if self.listen else ""),
             status_url=self.status_url, admin_address=a_host, admin_port=a_port,

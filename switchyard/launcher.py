@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -49,13 +50,22 @@ def envoy_binary() -> str:
     return found
 
 
-def render_bootstrap(cfg: GatewayConfig, node_id: str, ext_proc_socket: Path | None = None,
+def ext_proc_lb_endpoints(cfg: GatewayConfig, sockets: Sequence[Path] = ()) -> str:
+    """The ext_proc cluster's endpoints: every worker's Unix socket, else its TCP port
+    (worker i: `ext_proc.port` + i)."""
+    if sockets:
+        addresses = [f'{{pipe: {{path: "{s}"}}}}' for s in sockets]
+    else:
+        addresses = [f'{{socket_address: {{address: "{cfg.ext_proc.address}", '
+                     f'port_value: {cfg.ext_proc.port + i if cfg.ext_proc.port else 0}}}}}'
+                     for i in range(cfg.ext_proc_workers)]
+    return "[" + ", ".join(f"{{endpoint: {{address: {a}}}}}" for a in addresses) + "]"
+
+
+def render_bootstrap(cfg: GatewayConfig, node_id: str, ext_proc_sockets: Sequence[Path] = (),
                      listen: str = "", status_url: str = "") -> str:
-    endpoint = (f'{{pipe: {{path: "{ext_proc_socket}"}}}}' if ext_proc_socket else
-                f'{{socket_address: {{address: "{cfg.ext_proc.address}", '
-                f'port_value: {cfg.ext_proc.port}}}}}')
     return Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
-        ext_proc_endpoint=endpoint,
+        ext_proc_lb_endpoints=ext_proc_lb_endpoints(cfg, ext_proc_sockets),
         ext_proc_cluster=EXT_PROC_CLUSTER, xds_cluster=XDS_CLUSTER, fleet_cluster=FLEET_CLUSTER,
         node_id=node_id, listen=listen,
         status_url=status_url or f"http://{cfg.ext_proc.address}:{cfg.ext_proc.metrics_port}",
@@ -121,6 +131,18 @@ class Gateway(Children):
         """Where ext_proc appends the usage ledger (None: the ledger is off)."""
         return ledger_dir(self.cfg, self.config_path, self.log_dir)
 
+    @property
+    def ext_proc_names(self) -> list[str]:
+        """The ext_proc workers' child names (and log files): `ext_proc` when there is one,
+        else `ext_proc-0` .. `ext_proc-<N-1>`."""
+        n = self.cfg.ext_proc_workers
+        return ["ext_proc"] if n == 1 else [f"ext_proc-{i}" for i in range(n)]
+
+    def metrics_url(self, worker: int = 0) -> str:
+        """A worker's /metrics and /healthz server (worker i: `metrics_port` + i)."""
+        e = self.cfg.ext_proc
+        return f"http://{e.address}:{e.metrics_port + worker if e.metrics_port else 0}"
+
     def ports_in_use(self) -> list[str]:
         """The gateway's own ports another process already listens on (status page aside: it
         is optional and only logged when its port is taken)."""
@@ -154,18 +176,28 @@ class Gateway(Children):
             "--address", cfg.control_plane.address, "--port", str(cfg.control_plane.port),
             "--status-address", cfg.control_plane.status_address,
             "--status-port", str(cfg.control_plane.status_port), "--log-level", self.log_level])
-        socket = self.workdir / "ext_proc.sock" if cfg.ext_proc.unix_socket else None
-        self._spawn("ext_proc", [
-            py, "-m", "ext_proc.server", "--address", cfg.ext_proc.address,
-            "--port", str(cfg.ext_proc.port),
-            *(["--unix-socket", str(socket)] if socket else []),
-            "--control-plane", f"{cfg.control_plane.address}:{cfg.control_plane.port}",
-            "--metrics-port", str(cfg.ext_proc.metrics_port), "--log-level", self.log_level,
-            "--envoy-admin", f"http://{cfg.admin.address}:{cfg.admin.port}",
-            "--node-id", self.node_id, *ledger_args(cfg, self.ledger_dir)])
+        names = self.ext_proc_names
+        sockets = [self.workdir / f"{n}.sock" for n in names] if cfg.ext_proc.unix_socket else []
+        # Several workers: each serves retries of its own requests to the others on a Unix
+        # socket in this private directory (`ext_proc/workers.py`).
+        internal = ",".join(str(self.workdir / f"{n}.internal.sock") for n in names)
+        e = cfg.ext_proc
+        for i, name in enumerate(names):
+            self._spawn(name, [
+                py, "-m", "ext_proc.server", "--address", e.address,
+                "--port", str(e.port + i if e.port else 0),
+                *(["--unix-socket", str(sockets[i])] if sockets else []),
+                "--control-plane", f"{cfg.control_plane.address}:{cfg.control_plane.port}",
+                "--metrics-port", str(e.metrics_port + i if e.metrics_port else 0),
+                "--log-level", self.log_level,
+                "--envoy-admin", f"http://{cfg.admin.address}:{cfg.admin.port}",
+                "--node-id", self.node_id if len(names) == 1 else f"{self.node_id}-w{i}",
+                *(["--worker", str(i), "--internal-sockets", internal] if len(names) > 1
+                  else []),
+                *ledger_args(cfg, self.ledger_dir)])
         bootstrap = self.workdir / "envoy.yaml"
         bootstrap.write_text(render_bootstrap(cfg, node_id=self.node_id,
-                                              ext_proc_socket=socket))
+                                              ext_proc_sockets=sockets))
         self._spawn("envoy", [
             envoy_binary(), "-c", str(bootstrap), "--concurrency", str(cfg.envoy_concurrency),
             "--disable-hot-restart", "--drain-time-s", "5",
@@ -187,7 +219,8 @@ class Gateway(Children):
         deadline = time.monotonic() + timeout
         checks = {
             "envoy": f"http://{cfg.admin.address}:{cfg.admin.port}/ready",
-            "ext_proc": f"http://{cfg.ext_proc.address}:{cfg.ext_proc.metrics_port}/healthz",
+            **{name: f"{self.metrics_url(i)}/healthz"
+               for i, name in enumerate(self.ext_proc_names)},
             "gateway": f"{self.url}/v1/models",
         }
         if "sim" in self.procs:
@@ -219,5 +252,5 @@ class Gateway(Children):
         return f" (log {path}):\n{tail}"
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop_children(["envoy", "ext_proc", "control_plane", "sim"], timeout)
+        self._stop_children(["envoy", *self.ext_proc_names, "control_plane", "sim"], timeout)
         shutil.rmtree(self.workdir, ignore_errors=True)

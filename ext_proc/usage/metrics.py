@@ -28,6 +28,10 @@ ATTEMPTS = Counter("switchyard_attempts_total", "Upstream attempts by backend an
                    ["backend", "status"])
 FAILOVERS = Counter("switchyard_failovers_total", "Attempts after the first (retries, hedges)",
                     ["model", "backend"])
+#: A retry's translate phase on a worker that did not route the request: built by the owner
+#: ("built", or "rejected": an error answer), or the owner could not say ("unavailable": 503).
+REMOTE_ATTEMPTS = Counter("switchyard_worker_remote_attempts_total",
+                          "Attempts another ext_proc worker built for this one", ["result"])
 EJECTIONS = Counter("switchyard_backend_ejections_total",
                     "Outlier ejections seen in Envoy, per backend cluster", ["cluster"])
 TOKENS = Counter("switchyard_tokens_total",
