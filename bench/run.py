@@ -350,12 +350,11 @@ req/s** where **Envoy alone did ~43k req/s** on this 2-core machine, i.e. one gR
 round trip through Python already costs several times what Envoy spends proxying a request.
 The optional `--targets ...,minimal` calibration target measures exactly that do-nothing
 one-phase processor here, behind the same simulator. The gateway does much more: **every
-gateway request costs two ext_proc gRPC streams** - the route phase (listener filter:
-request headers, the buffered request body, response headers and the buffered response
-body, i.e. four messages on one stream) and the translate phase (upstream filter, a second
-stream per attempt: the request-headers message answered with CONTINUE_AND_REPLACE, and the
-attempt's response headers, read for backend health such as 429 retry-after) - plus
-JSON parsing and rewriting, one structured log line and Prometheus metrics per request.
+gateway request costs one ext_proc gRPC stream of four messages** - the route phase
+(listener filter: request headers, the buffered request body, whose reply also carries the
+first attempt's translated request, response headers and the buffered response body; a
+second, translate-phase stream only when Envoy retries) - plus JSON parsing and rewriting,
+one structured log line and Prometheus metrics per request.
 Expect its throughput to be a fraction of "Envoy alone"; `python -m bench.profile` shows
 where the ext_proc's CPU goes.
 """
