@@ -148,11 +148,16 @@ models:
 
 
 @contextlib.contextmanager
-def running_gateway(log_dir: Path, concurrency: int) -> Iterator[tuple[Target, Gateway]]:
-    """The full gateway (sim + control plane + ext_proc + Envoy), stopped on exit."""
+def running_gateway(log_dir: Path, concurrency: int, config_text: str | None = None
+                    ) -> Iterator[tuple[Target, Gateway]]:
+    """The full gateway (sim + control plane + ext_proc + Envoy), stopped on exit.
+
+    `config_text` replaces `gateway_config(concurrency)` (bench/stream.py: an Anthropic
+    provider); it must name its simulated provider `SIM_PROVIDER`.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     config = log_dir / "gateway.yaml"
-    config.write_text(gateway_config(concurrency))
+    config.write_text(config_text or gateway_config(concurrency))
     gw = Gateway(config, log_dir=log_dir)
     try:
         gw.start()
