@@ -19,8 +19,9 @@ Two measurements:
    the cost per streamed chunk.
 
 The client is one Python asyncio process (uvloop, a small HTTP/1.1 protocol that timestamps
-each read as it arrives: aiohttp's per-chunk cost made the client, not the gateway, the
-bottleneck at 500 streams) that shares the cores with the simulator, Envoy and the ext_proc:
+each read as it arrives, with no task switch in between; it measured ~28-30 µs of CPU per
+chunk against aiohttp's ~31-38 at 200 direct streams, most of it the event loop and kernel
+per read) that shares the cores with the simulator, Envoy and the ext_proc:
 its CPU is measured and reported, and a phase during which the machine (or the one-core
 client) was full is marked saturated - its gaps are then queueing behind the CPU, not work
 the gateway does per chunk. Bounded: every phase has a fixed length,
@@ -239,8 +240,8 @@ class SseConnection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection that streams SSE answers, one at a time.
 
     Each read is timestamped first thing in `data_received` and its complete events go to a
-    callback there: no StreamReader, no task switch per chunk. The client shares the cores
-    with what it measures, so it must cost a few µs per event, not aiohttp's tens.
+    callback there: no StreamReader, no task switch between arrival and timestamp. The client
+    shares the cores with what it measures, so every µs per event counts.
     """
 
     def __init__(self) -> None:
