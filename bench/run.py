@@ -37,6 +37,7 @@ from bench.procs import ProcessGroup, cpu_seconds, machine_busy_seconds
 from bench.targets import (
     Target,
     envoy_version,
+    gateway_config,
     precheck,
     running_gateway,
     start_minimal,
@@ -50,7 +51,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 #: bench/failover.py's section of RESULTS.md; `--write` here keeps it.
 FAILOVER_BEGIN = "<!-- bench.failover: begin -->"
 FAILOVER_END = "<!-- bench.failover: end -->"
-TARGETS = ("sim", "envoy", "minimal", "litellm", "gateway")
+TARGETS = ("sim", "envoy", "minimal", "litellm", "gateway", "translated")
 DEFAULT_TARGETS = ("sim", "envoy", "gateway")
 #: Targets in front of the one simulator started first (the gateway starts its own).
 _ON_PLAIN_SIM = {"sim", "envoy", "minimal", "litellm"}
@@ -436,7 +437,8 @@ def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
             rps, p50, p99 = _stats(r.low)
             lines.append(f"| {r.title} | {rps:.0f} | {_ms(p50)} | {_ms(p99)} |")
     pairs = [("gateway", "envoy"), ("gateway", "sim"), ("envoy", "sim"), ("minimal", "envoy"),
-             ("gateway", "minimal"), ("litellm", "envoy"), ("litellm", "sim")]
+             ("gateway", "minimal"), ("translated", "minimal"), ("translated", "envoy"),
+             ("litellm", "envoy"), ("litellm", "sim")]
     pairs = [(a, b) for a, b in pairs if a in by_key and b in by_key]
     if pairs:
         head = f"| Comparison | Δp50 ms c={args.connections} | Δp99 ms c={args.connections} |"
@@ -541,15 +543,21 @@ def run(args: argparse.Namespace, log_dir: Path) -> tuple[list[TargetResult], in
                 results.append(measure(proxy, args, body, body_file))
                 group.stop("litellm")
         group.close()
-        if "gateway" in args.targets:
-            gw_logs = log_dir / "gateway"
-            with running_gateway(gw_logs, args.envoy_concurrency) as (target, _gw):
+        for key, kind, label in (("gateway", "openai", "full gateway"),
+                                 ("translated", "anthropic",
+                                  "full gateway, Anthropic backend (translated)")):
+            if key not in args.targets:
+                continue
+            gw_logs = log_dir / key
+            with running_gateway(gw_logs, args.envoy_concurrency,
+                                 gateway_config(args.envoy_concurrency, kind), key,
+                                 label) as (target, _gw):
                 result = measure(target, args, body, body_file)
             text, ok = check_gateway_log(gw_logs / "ext_proc.log")
             runs = result.runs + result.low
             wrk_total = sum(r.wrk.requests for r in runs)
             wrk_errors = sum(r.wrk.errors for r in runs)
-            result.notes.append(f"Gateway: wrk saw {wrk_total} completed requests in the "
+            result.notes.append(f"{label}: wrk saw {wrk_total} completed requests in the "
                                 f"measured runs, {wrk_errors} of them errors; {text} "
                                 "(includes warm-up and pre-check).")
             if not ok:

@@ -44,6 +44,10 @@ class Target:
     check_alive: Callable[[], None]
 
 
+#: Targets that are the full gateway (same-schema backend, translated backend).
+GATEWAY_TARGETS = ("gateway", "translated")
+
+
 def envoy_version() -> str:
     out = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True,
                          timeout=30)
@@ -68,7 +72,8 @@ def precheck(target: Target, body: bytes) -> None:
         reply = None
     if status != 200 or not isinstance(reply, dict) or not reply.get("choices"):
         raise RuntimeError(f"{target.title}: precheck got {status}: {raw[:300]!r}")
-    if target.key == "gateway" and "x-switchyard-backend" not in {k.lower() for k in headers}:
+    if target.key in GATEWAY_TARGETS and "x-switchyard-backend" not in {
+            k.lower() for k in headers}:
         raise RuntimeError(f"{target.title}: reply did not come through the gateway: {headers}")
 
 
@@ -124,8 +129,9 @@ def start_minimal(group: ProcessGroup, sim: Target, concurrency: int) -> Target:
                   group.check_alive)
 
 
-def gateway_config(concurrency: int) -> str:
-    """A gateway config on free ports: one simulated OpenAI provider, alias == upstream model."""
+def gateway_config(concurrency: int, kind: str = "openai") -> str:
+    """A gateway config on free ports: one simulated provider (OpenAI: alias == upstream
+    model, the bytes pass through; `kind: anthropic`: every request and answer translated)."""
     listen, admin, xds, ext_proc, metrics, sim = free_ports(6)
     return f"""\
 # Written by bench/run.py for one benchmark run.
@@ -136,7 +142,7 @@ ext_proc: {{address: 127.0.0.1, port: {ext_proc}, metrics_port: {metrics}}}
 envoy_concurrency: {concurrency}
 providers:
   {SIM_PROVIDER}:
-    kind: openai
+    kind: {kind}
     base_url: "http://127.0.0.1:{sim}"
     api_key: {{value: "sk-bench-not-a-secret"}}
     simulate: {{ttft_ms: 0, tokens_per_s: 0}}
@@ -148,7 +154,8 @@ models:
 
 
 @contextlib.contextmanager
-def running_gateway(log_dir: Path, concurrency: int, config_text: str | None = None
+def running_gateway(log_dir: Path, concurrency: int, config_text: str | None = None,
+                    key: str = "gateway", label: str = "full gateway"
                     ) -> Iterator[tuple[Target, Gateway]]:
     """The full gateway (sim + control plane + ext_proc + Envoy), stopped on exit.
 
@@ -171,6 +178,6 @@ def running_gateway(log_dir: Path, concurrency: int, config_text: str | None = N
                                        f"(log: {log_dir / (name + '.log')})")
 
         pids = {name: proc.pid for name, proc in gw.procs.items()}
-        yield Target("gateway", "full gateway", gw.url + CHAT_PATH, pids, check_alive), gw
+        yield Target(key, label, gw.url + CHAT_PATH, pids, check_alive), gw
     finally:
         gw.stop()
