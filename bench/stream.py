@@ -806,11 +806,14 @@ def capacity(res: Results, tokens_per_s: float, nproc: int) -> list[str]:
                 key=lambda r: r.streams)
     if not gw:
         return []
-    base = gw[0]
+    calm = [r for r in gw if not r.saturated(nproc)]
+    base = (calm or gw)[0]
+    caveat = "" if calm else (" - itself saturated, so reads carried several events and this "
+                              "understates the cost per chunk")
     per = {p: base.cpu.get(p, 0.0) / base.rec.chunks for p in ("envoy", "ext_proc")}
     out = ["", f"Demand at the per-chunk CPU of the {base.streams}-stream gateway phase "
            f"(Envoy {per['envoy'] * 1e6:.0f} µs + ext_proc {per['ext_proc'] * 1e6:.0f} µs per "
-           f"chunk; simulator and client not included) vs {nproc} cores:", ""]
+           f"chunk{caveat}; simulator and client not included) vs {nproc} cores:", ""]
     for r in gw:
         rate = r.streams * tokens_per_s
         out.append(f"- {r.streams} streams x {tokens_per_s:g} tokens/s = {rate:,.0f} chunks/s: "
