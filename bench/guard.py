@@ -106,7 +106,7 @@ def run_bench(runs: int, duration: float, extra: list[str]) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "bench.run", "--targets", "envoy,gateway",
                "--runs", str(runs), "--duration", f"{duration:g}", "--low-runs", "0",
                "--json", str(out), *extra]
-        print("bench.guard: $ " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
+        print("bench.guard: $ python " + " ".join(cmd[1:]), file=sys.stderr, flush=True)
         # bench.run's report goes to our stderr: stdout stays the verdict.
         proc = subprocess.run(cmd, stdout=sys.stderr, stdin=subprocess.DEVNULL)
         if proc.returncode != 0 or not out.exists():
