@@ -47,14 +47,13 @@ from pathlib import Path
 import httpx
 import orjson
 
-from bench.procs import cpu_seconds, free_ports, http_status, machine_busy_seconds
+from bench.procs import bounded, cpu_seconds, free_ports, http_status, machine_busy_seconds
 from bench.run import (
     FAILOVER_BEGIN,
     FAILOVER_END,
     RESULTS,
     BenchError,
     Run,
-    _bounded,
     _one_run,
     _wait_quiet,
     check_gateway_log,
@@ -578,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"failover: logs in {log_dir}; deadline {deadline} s", file=sys.stderr)
     ok = False
     try:
-        with _bounded(deadline):
+        with bounded(deadline):
             client, load, body_len, note = run(args, log_dir)
         ok = True
     except (RuntimeError, OSError, subprocess.SubprocessError, httpx.HTTPError) as exc:

@@ -6,14 +6,16 @@ benchmark leaves no simulator or Envoy behind holding ports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 from switchyard.launcher import free_ports as free_ports
@@ -116,3 +118,26 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float,
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not ready after {timeout:g}s")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def bounded(seconds: int) -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into KeyboardInterrupt and SIGALRM into a timeout, so `finally`
+    blocks always stop the children."""
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    def alarm(_signum: int, _frame: FrameType | None) -> None:
+        raise TimeoutError(f"benchmark exceeded its {seconds} s deadline")
+
+    # SIGINT too: a background job (`... &`) starts with SIGINT ignored.
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    old[signal.SIGALRM] = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        for s, handler in old.items():
+            signal.signal(s, handler)

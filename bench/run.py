@@ -19,21 +19,18 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import orjson
 
 from bench import litellm
-from bench.procs import ProcessGroup, cpu_seconds, machine_busy_seconds
+from bench.procs import ProcessGroup, bounded, cpu_seconds, machine_busy_seconds
 from bench.targets import (
     Target,
     envoy_version,
@@ -495,29 +492,6 @@ def render(args: argparse.Namespace, argv: list[str], started: dt.datetime,
 
 # -- main -----------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _bounded(seconds: int) -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt and SIGALRM into a timeout, so `finally`
-    blocks always stop the children."""
-
-    def interrupt(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def alarm(_signum: int, _frame: FrameType | None) -> None:
-        raise TimeoutError(f"benchmark exceeded its {seconds} s deadline")
-
-    # SIGINT too: a background job (`... &`) starts with SIGINT ignored.
-    old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    old[signal.SIGALRM] = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
 def run(args: argparse.Namespace, log_dir: Path) -> tuple[list[TargetResult], int]:
     body = request_body(args.body_bytes)
     body_file = log_dir / "body.json"
@@ -602,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: logs in {log_dir}; deadline {_deadline_s(args)} s", file=sys.stderr)
     ok = False
     try:
-        with _bounded(_deadline_s(args)):
+        with bounded(_deadline_s(args)):
             results, body_len = run(args, log_dir)
         ok = True
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:

@@ -41,24 +41,23 @@ import platform
 import resource
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from urllib.parse import urlsplit
 
 import orjson
 import uvloop
 
-from bench.procs import cpu_seconds, free_ports, http_status, machine_busy_seconds
+from bench.procs import bounded, cpu_seconds, http_status, machine_busy_seconds
 from bench.sections import write_section
 from bench.targets import CHAT_PATH, SIM_PROVIDER, envoy_version, running_gateway
+from bench.targets import gateway_config as targets_gateway_config
 
 #: The alias OpenAI clients ask for, and the upstream Anthropic model it maps to.
 ALIAS = "claude-bench"
@@ -501,25 +500,10 @@ async def ttft_phase(direct: StreamTarget, gateway: StreamTarget, concurrency: i
 
 def gateway_config(envoy_concurrency: int, ttft_ms: float, tokens_per_s: float) -> str:
     """One simulated Anthropic provider behind an alias OpenAI clients ask for."""
-    listen, admin, xds, ext_proc, metrics, sim = free_ports(6)
-    return f"""\
-# Written by bench/stream.py for one benchmark run.
-listen: {{address: 127.0.0.1, port: {listen}}}
-admin: {{address: 127.0.0.1, port: {admin}}}
-control_plane: {{address: 127.0.0.1, port: {xds}}}
-ext_proc: {{address: 127.0.0.1, port: {ext_proc}, metrics_port: {metrics}}}
-envoy_concurrency: {envoy_concurrency}
-providers:
-  {SIM_PROVIDER}:
-    kind: anthropic
-    base_url: "http://127.0.0.1:{sim}"
-    api_key: {{value: "{API_KEY}"}}
-    simulate: {{ttft_ms: {ttft_ms:g}, tokens_per_s: {tokens_per_s:g}}}
-models:
-  {ALIAS}:
-    backends:
-      - {{provider: {SIM_PROVIDER}, model: {UPSTREAM_MODEL}, price: {{input: 0.8, output: 4.0}}}}
-"""
+    return targets_gateway_config(envoy_concurrency, "anthropic", alias=ALIAS,
+                                  model=UPSTREAM_MODEL, api_key=API_KEY, ttft_ms=ttft_ms,
+                                  tokens_per_s=tokens_per_s, price=(0.8, 4.0),
+                                  by="bench/stream.py")
 
 
 def targets(gateway_url: str, sim_base: str, reply_tokens: int) -> tuple[StreamTarget,
@@ -878,28 +862,6 @@ def deadline_s(args: argparse.Namespace) -> int:
     return int(120 + ttft + load)
 
 
-@contextlib.contextmanager
-def _bounded(seconds: int) -> Iterator[None]:
-    """SIGTERM/SIGHUP/SIGINT become KeyboardInterrupt and SIGALRM a timeout, so the gateway
-    is always stopped (its children also die with this process: PR_SET_PDEATHSIG)."""
-
-    def interrupt(signum: int, _frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    def alarm(_signum: int, _frame: FrameType | None) -> None:
-        raise TimeoutError(f"benchmark exceeded its {seconds} s deadline")
-
-    old = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    old[signal.SIGALRM] = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
 def _raise_fd_limit() -> None:
     """Hundreds of streams need hundreds of sockets here and in the children (inherited)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -920,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"logs in {log_dir}; deadline {deadline} s")
     ok = False
     try:
-        with _bounded(deadline), running_gateway(
+        with bounded(deadline), running_gateway(
                 log_dir, args.envoy_concurrency,
                 gateway_config(args.envoy_concurrency, args.ttft_ms, args.tokens_per_s),
         ) as (target, gw):

@@ -129,12 +129,17 @@ def start_minimal(group: ProcessGroup, sim: Target, concurrency: int) -> Target:
                   group.check_alive)
 
 
-def gateway_config(concurrency: int, kind: str = "openai") -> str:
-    """A gateway config on free ports: one simulated provider (OpenAI: alias == upstream
-    model, the bytes pass through; `kind: anthropic`: every request and answer translated)."""
+def gateway_config(concurrency: int, kind: str = "openai", *, alias: str = MODEL,
+                   model: str = MODEL, api_key: str = "sk-bench-not-a-secret",
+                   ttft_ms: float = 0, tokens_per_s: float = 0,
+                   price: tuple[float, float] = (0.15, 0.60), by: str = "bench/run.py") -> str:
+    """A gateway config on free ports: one simulated provider behind one alias (OpenAI with
+    alias == upstream model: the bytes pass through; `kind: anthropic`: every request and
+    answer translated)."""
     listen, admin, xds, ext_proc, metrics, sim = free_ports(6)
+    pin, pout = price
     return f"""\
-# Written by bench/run.py for one benchmark run.
+# Written by {by} for one benchmark run.
 listen: {{address: 127.0.0.1, port: {listen}}}
 admin: {{address: 127.0.0.1, port: {admin}}}
 control_plane: {{address: 127.0.0.1, port: {xds}}}
@@ -144,12 +149,12 @@ providers:
   {SIM_PROVIDER}:
     kind: {kind}
     base_url: "http://127.0.0.1:{sim}"
-    api_key: {{value: "sk-bench-not-a-secret"}}
-    simulate: {{ttft_ms: 0, tokens_per_s: 0}}
+    api_key: {{value: "{api_key}"}}
+    simulate: {{ttft_ms: {ttft_ms:g}, tokens_per_s: {tokens_per_s:g}}}
 models:
-  {MODEL}:
+  {alias}:
     backends:
-      - {{provider: {SIM_PROVIDER}, model: {MODEL}, price: {{input: 0.15, output: 0.60}}}}
+      - {{provider: {SIM_PROVIDER}, model: {model}, price: {{input: {pin:g}, output: {pout:g}}}}}
 """
 
 
