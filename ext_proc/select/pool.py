@@ -349,14 +349,17 @@ class PoolPicker:
             target = bounded_choice(self.ring, key, loads, s.load_factor, allowed,
                                     self.hot.home(key))
         scores = []
+        if key is None:  # no prefix to keep: ties rotate, so equal loads do not all pick #0
+            self._rr += 1
         for i, e in enumerate(eps):
             if not allowed[i]:
                 continue
             q = 1.0 - (loads[i] - lo) / (hi - lo) if hi > lo else 1.0
             kv = e.kv_usage if e.fresh(now, stale) else mean_kv
             score = s.w_queue * q + s.w_kv * (1.0 - kv) + (s.w_prefix if i == target else 0.0)
-            # Ties: less loaded, then a fixed per-request order (the prefix's ring order).
-            tie = _h64(f"{key}:{e.address}".encode()) if key is not None else i
+            # Ties: less loaded, then a fixed per-request order (the prefix's ring order), or
+            # for a prompt without a whole prefix block, round robin.
+            tie = _h64(f"{key}:{e.address}".encode()) if key is not None else (i - self._rr) % n
             scores.append((-score, loads[i], tie, i))
         scores.sort()
         reason = "fail_open" if self.all_stale(now) else (

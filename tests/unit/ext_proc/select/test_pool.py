@@ -145,3 +145,17 @@ def test_hot_prefixes_spread_evenly_and_replicas_agree() -> None:
     # Quiet for a few windows: no longer hot.
     a.hot.observe(one_off, 200.0)
     assert all(a.hot.home(k) is None for k in keys if k is not None)
+
+
+def test_short_prompts_with_equal_loads_rotate() -> None:
+    """A prompt shorter than one prefix block has no affinity to keep: when every endpoint
+    is equally loaded (requests finishing between picks), the tie rotates instead of
+    always naming the first endpoint (a CI burst put 38 of 100 on it)."""
+    p = _picker()
+    _scrape(p, 0.0)
+    counts: Counter[str] = Counter()
+    for _ in range(100):
+        pick = p.pick(None, "interactive", 0.1)
+        counts[pick.endpoints[0]] += 1
+        p.release(pick.endpoints[0])  # done before the next one arrives
+    assert sorted(counts.values()) == [25, 25, 25, 25]
