@@ -214,14 +214,22 @@ class Pipeline:
             if first is not None and st.status < 400:
                 # No translate phase saw this answer: learn from it here (a failed one comes
                 # through Envoy's attempt log, `attempt_failed`).
-                attempt.answered(st, first.backend, headers, self.health, self.gate)
-                self.selector.attempt_status(first.backend.cluster, st.status)
+                self._learn_attempt(st, first.backend.cluster, first.backend, headers)
         else:
             end = req.response_body.end_of_stream
             reply = envoy.response_body(respond.on_body(st, req.response_body.body, end))
         if end:
             self._account(st, respond.finish(st))
         return reply
+
+    def _learn_attempt(self, st: RequestState | None, cluster: str,
+                       backend: BackendInfo | None, headers: dict[str, str]) -> None:
+        """One attempt's answer, from whichever phase saw it (route phase, Envoy's attempt
+        log, translate phase): health, admission's backpressure, live statistics."""
+        if backend is not None:
+            attempt.answered(st, backend, headers, self.health, self.gate)
+        status = headers.get(":status", "")
+        self.selector.attempt_status(cluster, int(status) if status.isdigit() else 0)
 
     def _await_report(self, rid: str, first: Attempt) -> None:
         now = time.monotonic()
@@ -255,8 +263,7 @@ class Pipeline:
             return
         if not client_gone:
             headers[":status"] = str(status)
-            attempt.answered(st, first.backend, headers, self.health, self.gate)
-            self.selector.attempt_status(cluster, status)
+            self._learn_attempt(st, cluster, first.backend, headers)
         first.status = status or -1  # reported (-1: no response)
 
     # -- translate phase --------------------------------------------------------------------
@@ -297,10 +304,7 @@ class Pipeline:
         async for msg in rest:
             if msg.WhichOneof("request") == "response_headers":
                 headers = envoy.headers(msg.response_headers)
-                if backend is not None:
-                    attempt.answered(st, backend, headers, self.health, self.gate)
-                status = headers.get(":status", "")
-                self.selector.attempt_status(cluster, int(status) if status.isdigit() else 0)
+                self._learn_attempt(st, cluster, backend, headers)
                 yield envoy.answered_by(cluster)
             else:
                 yield envoy.EMPTY
