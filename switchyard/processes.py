@@ -12,10 +12,12 @@ import ctypes
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
@@ -129,3 +131,9 @@ RESTART_FIRST_S = 0.1
 RESTART_MAX_S = 2.0
 MAX_RESTARTS = 5
 CRASH_WINDOW_S = 60.0
+
+
+def replica_id() -> str:
+    """A name for this process among the fleet's replicas in shared state (host, pid and a
+    random suffix, so a restarted process on a reused pid is a new replica)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -39,10 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
 
 import orjson
@@ -55,6 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ext_proc.admission.buckets import Concurrency, TokenBucket
 from ext_proc.admission.store import Limits, LocalStore, Scope
+from switchyard.processes import replica_id as default_replica_id
 
 log = structlog.get_logger("switchyard.ext_proc.admission")
 
@@ -146,8 +144,7 @@ class RedisStore(LocalStore):
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self.url = url
-        self.replica_id = replica_id or (
-            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+        self.replica_id = replica_id or default_replica_id()
         self.interval_s = interval_s
         self.live_ttl_s = live_ttl_s
         self.timeout_s = timeout_s

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
 
 import orjson
@@ -41,6 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ext_proc.select.quality import MAX_OBSERVATIONS, QualityModel, Served, ServedBy, add_evidence
 from ext_proc.stats.latency import LiveStats
+from switchyard.processes import replica_id as default_replica_id
 
 log = structlog.get_logger("switchyard.ext_proc.select")
 
@@ -135,8 +133,7 @@ class FleetSync:
         self.stats = stats
         self.quality = quality
         self.served = served
-        self.replica_id = replica_id or (
-            f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+        self.replica_id = replica_id or default_replica_id()
         self.interval_s = interval_s
         self.timeout_s = timeout_s
         self.stale_s = stale_s
