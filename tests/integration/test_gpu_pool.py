@@ -281,11 +281,14 @@ def test_stale_metrics_fail_open(pools: PoolGateways) -> None:
     httpx.put(pools.replica("main", 0) + "/_sim/options",
               json={"metrics_down": True}).raise_for_status()
     try:
-        time.sleep(3.5)  # stale after 3 scrape intervals (1 s each)
-        metrics = httpx.get(f"http://127.0.0.1:{pools.ports['metrics1']}/metrics").text
+        # Stale after 3 scrape intervals (1 s each); the gauge is published by the scrape loop,
+        # which a busy machine may run late: poll for it instead of sleeping a fixed 3.5 s.
         ep0 = f"127.0.0.1:{pools.ports['main0']}"
-        assert re.search(r'switchyard_pool_endpoint_stale\{endpoint="' + re.escape(ep0)
-                         + r'",pool="main"\} 1\.0', metrics), "replica 0 should be stale"
+        stale = re.compile(r'switchyard_pool_endpoint_stale\{endpoint="' + re.escape(ep0)
+                           + r'",pool="main"\} 1\.0')
+        assert wait_until(lambda: stale.search(httpx.get(
+            f"http://127.0.0.1:{pools.ports['metrics1']}/metrics").text), timeout=15), \
+            "replica 0 should be stale"
 
         async def load() -> list[int]:
             sem = asyncio.Semaphore(20)
