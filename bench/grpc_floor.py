@@ -1,13 +1,15 @@
 """`python -m bench.grpc_floor`: what grpc.aio alone charges an ext_proc, per stream and per
 message, with no Envoy and no gateway logic.
 
-A do-nothing ExternalProcessor (grpc.aio on uvloop, replies pre-serialized) runs in its own
-process behind a Unix socket; a client in this process opens streams of 1 and of 4 messages
-(the gateway's route phase is one stream of four) with 16 in flight. The server's CPU time
-(/proc) divided by the streams is the floor of any design built on grpc.aio: it bounds how
-close the gateway's ext_proc can get to the one-message `minimal` target of `bench.run`.
+A do-nothing ExternalProcessor (replies pre-serialized) runs in its own process behind a Unix
+socket; a client in this process opens streams of 1 and of 4 messages (the gateway's route
+phase is one stream of four) with 16 in flight. The server's CPU time (/proc) divided by the
+streams is the floor of any design built on that server: it bounds how close the gateway's
+ext_proc can get to the one-message `minimal` target of `bench.run`. Two servers are measured:
+grpc.aio on uvloop (what the gateway runs) and grpcio's synchronous server (a thread pool, the
+other lever issue 11 names).
 
-    python -m bench.grpc_floor [--streams 4800] [--rounds 3]
+    python -m bench.grpc_floor [--streams 4800] [--rounds 3] [--servers aio,sync]
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -36,16 +39,35 @@ async def _process(it: AsyncIterator[pb.ProcessingRequest], _: object) -> AsyncI
         yield _REPLY
 
 
+def _process_sync(it: Iterator[pb.ProcessingRequest], _: object) -> Iterator[bytes]:
+    for _msg in it:
+        yield _REPLY
+
+
+def _handlers(process: object) -> tuple[grpc.GenericRpcHandler]:
+    handler = grpc.stream_stream_rpc_method_handler(
+        process, request_deserializer=pb.ProcessingRequest.FromString,
+        response_serializer=lambda b: b)
+    return (grpc.method_handlers_generic_handler(_SERVICE, {"Process": handler}),)
+
+
 async def _serve(socket: str) -> None:
     server = grpc.aio.server(options=[("grpc.max_concurrent_streams", 100_000)])
-    handler = grpc.stream_stream_rpc_method_handler(
-        _process, request_deserializer=pb.ProcessingRequest.FromString,
-        response_serializer=lambda b: b)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        _SERVICE, {"Process": handler}),))
+    server.add_generic_rpc_handlers(_handlers(_process))
     server.add_insecure_port(f"unix:{socket}")
     await server.start()
     await server.wait_for_termination()
+
+
+def _serve_sync(socket: str) -> None:
+    """grpcio's synchronous server: one pool thread per stream in flight (32 >= the client's
+    16), the GIL handed between them and the server's polling thread."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=32),
+                         options=[("grpc.max_concurrent_streams", 100_000)])
+    server.add_generic_rpc_handlers(_handlers(_process_sync))
+    server.add_insecure_port(f"unix:{socket}")
+    server.start()
+    server.wait_for_termination()
 
 
 async def _drive(socket: str, streams: int, messages: int, concurrency: int = 16) -> None:
@@ -73,40 +95,53 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench.grpc_floor")
-    ap.add_argument("--streams", type=int, default=4800)
-    ap.add_argument("--rounds", type=int, default=3, help="runs per shape (median)")
-    ap.add_argument("--serve", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.serve:
-        uvloop.run(_serve(args.serve))
-        return
+def _measure(kind: str, streams: int, rounds: int) -> dict[int, float]:
+    """Median server CPU µs per stream for 1 and 4 messages, one server process of `kind`."""
     results: dict[int, list[float]] = {1: [], 4: []}
     with tempfile.TemporaryDirectory() as tmp:
         socket = f"{tmp}/floor.sock"
-        server = subprocess.Popen([sys.executable, "-m", "bench.grpc_floor", "--serve", socket])
+        server = subprocess.Popen([sys.executable, "-m", "bench.grpc_floor", "--serve", socket,
+                                   "--server", kind])
         try:
             deadline = time.monotonic() + 20
             while not Path(socket).exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             uvloop.run(_drive(socket, 320, 1))  # warm-up
-            for r in range(args.rounds):
+            for r in range(rounds):
                 for messages in (1, 4):
                     t0 = _cpu_s(server.pid)
-                    uvloop.run(_drive(socket, args.streams, messages))
-                    per = (_cpu_s(server.pid) - t0) / args.streams * 1e6
+                    uvloop.run(_drive(socket, streams, messages))
+                    per = (_cpu_s(server.pid) - t0) / streams * 1e6
                     results[messages].append(per)
-                    print(f"  round {r + 1}: {messages} message(s) per stream: "
+                    print(f"  {kind} round {r + 1}: {messages} message(s) per stream: "
                           f"{per:6.0f} µs server CPU per stream", flush=True)
         finally:
             server.terminate()
             server.wait(10)
-    one = sorted(results[1])[len(results[1]) // 2]
-    four = sorted(results[4])[len(results[4]) // 2]
-    print(f"\nmedian: 1 message {one:.0f} µs, 4 messages {four:.0f} µs per stream "
-          f"({(four - one) / 3:.0f} µs per extra message; 4/1 = {four / one:.2f}x)")
+    return {m: sorted(v)[len(v) // 2] for m, v in results.items()}
 
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.grpc_floor")
+    ap.add_argument("--streams", type=int, default=4800)
+    ap.add_argument("--rounds", type=int, default=3, help="runs per shape (median)")
+    ap.add_argument("--servers", default="aio,sync", help="which servers to measure")
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--server", default="aio", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve:
+        if args.server == "sync":
+            _serve_sync(args.serve)
+        else:
+            uvloop.run(_serve(args.serve))
+        return
+    medians = {kind: _measure(kind, args.streams, args.rounds)
+               for kind in args.servers.split(",")}
+    print("\n| server | 1 message µs/stream | 4 messages µs/stream | per extra message | 4/1 |")
+    print("|---|---:|---:|---:|---:|")
+    for kind, m in medians.items():
+        print(f"| {kind} | {m[1]:.0f} | {m[4]:.0f} | {(m[4] - m[1]) / 3:.0f} | "
+              f"{m[4] / m[1]:.2f}x |")
 
 if __name__ == "__main__":
     main()
