@@ -13,7 +13,8 @@ default (`control_plane.status_address`/`status_port`; `switchyard control-plane
 - limits in use (each node's ext_proc `GET /limits`) and GPU pool gauges where present.
 
 Node traffic comes from polling each node's ext_proc HTTP endpoint (`/metrics`, `/healthz`,
-`/limits`), whose URL the node's Envoy announces in its bootstrap metadata (`status_url`). The
+`/limits`), whose URL the node's Envoy announces in its bootstrap metadata (`status_url`: one
+URL per ext_proc worker, space-separated; a node's traffic is the sum over its workers). The
 poll runs in the background every `POLL_S`, never on anyone's request path.
 """
 
@@ -90,8 +91,8 @@ class FleetStatus:
 
     # -- polling the nodes ---------------------------------------------------------------------
     def _status_urls(self) -> set[str]:
-        return {n.metadata["status_url"] for n in self.cp.envoy_store.nodes.values()
-                if n.metadata.get("status_url")}
+        return {u for n in self.cp.envoy_store.nodes.values()
+                for u in n.metadata.get("status_url", "").split()}
 
     async def poll_forever(self) -> None:
         """Poll the nodes every POLL_S while someone looks (the page or the API was read in
@@ -152,15 +153,22 @@ class FleetStatus:
                      for t, s in envoy.types.items() if s.subscribed}
             rt = routing_nodes.get(envoy.node_id)
             rt_version = rt.types[next(iter(rt.types))].sent_version if rt and rt.types else ""
-            url = envoy.metadata.get("status_url", "")
-            polled = self.polled.get(url, {})
-            node_metrics = polled.get("metrics", {})
+            urls = envoy.metadata.get("status_url", "").split()
+            worker_polls = [self.polled.get(u, {}) for u in urls]
+            # Worker 0 answers for the node's limits and pool gauges (every worker holds the
+            # same); traffic is summed over the workers, and one unreachable worker shows.
+            polled = next((p for p in worker_polls if "error" in p or not p),
+                          worker_polls[0] if worker_polls else {})
+            node_metrics = worker_polls[0].get("metrics", {}) if worker_polls else {}
+            requests = sum(m.get("requests", 0) for p in worker_polls
+                           for m in p.get("metrics", {}).get("models", {}).values())
             envoy_in_sync = all(types.get(k, {}).get("acked") == v
                                 for k, v in versions.items() if k != "routing_table")
             nodes.append({
                 "id": envoy.node_id,
                 "listen": envoy.metadata.get("listen", ""),
-                "status_url": url,
+                "status_url": urls[0] if urls else "",
+                "ext_proc_workers": len(urls),
                 "envoy": {"connected": True, "types": types, "in_sync": envoy_in_sync},
                 "ext_proc": {"connected": rt is not None, "routing_version": rt_version,
                              "reachable": "error" not in polled and bool(polled),
@@ -168,9 +176,8 @@ class FleetStatus:
                 "config_version": snap.version if snap and envoy_in_sync else "",
                 "in_sync": envoy_in_sync and rt_version == versions.get("routing_table"),
                 "nacked": any(t["nacked"] and t["nacked"] != t["acked"] for t in types.values()),
-                "requests": sum(m.get("requests", 0)
-                                for m in node_metrics.get("models", {}).values()),
-                "limits": polled.get("limits", {}),
+                "requests": requests,
+                "limits": worker_polls[0].get("limits", {}) if worker_polls else {},
                 "pools": node_metrics.get("pools", {}),
             })
         # Fleet-wide sums per model and backend.
@@ -185,7 +192,8 @@ class FleetStatus:
                 for k, v in vals.items():
                     by_backend[name][k] += v
             for cluster, why in (p.get("healthz", {}).get("unhealthy_backends") or {}).items():
-                unhealthy[cluster].append(str(why))
+                if str(why) not in unhealthy[cluster]:  # workers of a node say the same
+                    unhealthy[cluster].append(str(why))
         models = []
         if table is not None:
             backends = {b.cluster: b for b in table.backends}

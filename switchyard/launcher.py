@@ -62,13 +62,21 @@ def ext_proc_lb_endpoints(cfg: GatewayConfig, sockets: Sequence[Path] = ()) -> s
     return "[" + ", ".join(f"{{endpoint: {{address: {a}}}}}" for a in addresses) + "]"
 
 
+def worker_status_urls(cfg: GatewayConfig) -> str:
+    """Every ext_proc worker's /metrics server (worker i: `metrics_port` + i), space-separated:
+    Envoy node metadata holds strings, and the status page polls and sums them all."""
+    e = cfg.ext_proc
+    return " ".join(f"http://{e.address}:{e.metrics_port + i if e.metrics_port else 0}"
+                    for i in range(cfg.ext_proc_workers))
+
+
 def render_bootstrap(cfg: GatewayConfig, node_id: str, ext_proc_sockets: Sequence[Path] = (),
                      listen: str = "", status_url: str = "") -> str:
     return Template(BOOTSTRAP_TEMPLATE.read_text()).substitute(
         ext_proc_lb_endpoints=ext_proc_lb_endpoints(cfg, ext_proc_sockets),
         ext_proc_cluster=EXT_PROC_CLUSTER, xds_cluster=XDS_CLUSTER, fleet_cluster=FLEET_CLUSTER,
         node_id=node_id, listen=listen,
-        status_url=status_url or f"http://{cfg.ext_proc.address}:{cfg.ext_proc.metrics_port}",
+        status_url=status_url or worker_status_urls(cfg),
         admin_address=cfg.admin.address, admin_port=cfg.admin.port,
         xds_address=cfg.control_plane.address, xds_port=cfg.control_plane.port,
         max_connections=cfg.limits.max_connections, listener_name=LISTENER_NAME,

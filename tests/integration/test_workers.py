@@ -1,6 +1,7 @@
 """Two ext_proc workers behind one real Envoy, sharing state through a real redis-server:
-both serve route phases, and a failover whose retry Envoy sends to the worker that did not
-route the request is still built (by the owner) and answered."""
+both serve route phases, the fleet status page counts both, and a failover whose retry Envoy
+sends to the worker that did not route the request is still built (by the owner) and
+answered."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _config(p: dict[str, int], redis_url: str) -> str:
     return f"""
 listen: {{address: 127.0.0.1, port: {p['listen']}}}
 admin: {{address: 127.0.0.1, port: {p['admin']}}}
-control_plane: {{address: 127.0.0.1, port: {p['xds']}, status_port: 0}}
+control_plane: {{address: 127.0.0.1, port: {p['xds']}, status_port: {p['status']}}}
 ext_proc: {{address: 127.0.0.1, port: {p['ext_proc']}, metrics_port: {p['metrics']}, workers: 2}}
 shared_state: {{redis: {{url: "{redis_url}"}}}}
 envoy_concurrency: 1
@@ -73,7 +74,7 @@ def _counter(metrics: str, name: str, label: str = "") -> float:
 def test_two_workers_serve_and_retries_cross_workers(tmp_path: Path,
                                                      redis_server: RedisServer) -> None:
     ports = {"ext_proc": _pair(), "metrics": _pair()}
-    names = ["listen", "admin", "xds", "primary", "claude"]
+    names = ["listen", "admin", "xds", "primary", "claude", "status"]
     taken = {*ports.values(), *(p + 1 for p in ports.values())}
     ports.update(zip(names, (p for p in free_ports(len(names) + 4) if p not in taken),
                      strict=False))
@@ -91,6 +92,11 @@ def test_two_workers_serve_and_retries_cross_workers(tmp_path: Path,
             assert raw.headers["x-switchyard-backend"] == "primary/gpt-primary"
         served = [_counter(httpx.get(m).text, "switchyard_requests_total") for m in metrics]
         assert all(n > 0 for n in served) and sum(served) == 20, served
+        # The fleet status page polls both workers of the node and sums them.
+        fleet = httpx.get(f"http://127.0.0.1:{ports['status']}/api/fleet").json()
+        (node,) = fleet["nodes"]
+        assert node["ext_proc_workers"] == 2 and node["requests"] == 20, node
+        assert sum(m["requests"] for m in fleet["models"]) == 20
 
         sim = f"http://127.0.0.1:{ports['primary']}"
         httpx.put(sim + "/_sim/options", json={"error_rate": 1.0, "error_status": 500}
