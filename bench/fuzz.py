@@ -19,8 +19,9 @@ not raise at all (it ends the stream with an error event itself), and a buffered
 raise only `TranslationError` or a `ValueError` (`orjson.JSONDecodeError`, or the
 translator's own "not a JSON object" / "no embeddings": respond.py answers the documented
 502). A translated answer must also reach the client well formed
-(JSON bodies, SSE frames whose data is JSON): same-schema relays pass bytes through on
-purpose and are not checked.
+(JSON bodies, SSE frames whose data is JSON); a same-schema JSON success is relayed as it came
+but must be a JSON object (anything else is the 502), and same-schema streams pass bytes
+through on purpose and are not checked.
 
 Part (b) starts a gateway on free loopback ports (every provider kind simulated), sends it
 mutated client requests and valid ones while the simulators garble their answers
@@ -629,7 +630,8 @@ def response_case(m: Mutator, samples: list[Sample], show: bool = False
         b = BACKENDS[s.kind]
     ingress = INGRESS[path]
     handler = ingress.response(status, ctype, s.canonical, b)
-    # Same-schema answers are relayed as they came (on purpose): only translations are checked.
+    # Same-schema answers are relayed as they came (on purpose): translations are checked, and
+    # a relayed JSON success only for being a JSON object.
     relay = (s.kind == "anthropic") if path == MESSAGES_PATH else (
         s.kind in ("openai", "azure_openai"))
     parts: list[bytes] = []
@@ -659,6 +661,14 @@ def response_case(m: Mutator, samples: list[Sample], show: bool = False
         cost_usd(b, usage)
     result = b"".join(parts)
     response_id(result or body)
+    if relay and not handler.streaming and status < 300:
+        # Relayed as it came, but never garbage: a body that is not a JSON object ended in
+        # the 502 above, so what is relayed must parse.
+        try:
+            ok = isinstance(orjson.loads(result or body), dict)
+        except orjson.JSONDecodeError:
+            ok = False
+        return "relayed", None if ok else "relayed success body is not a JSON object"
     if relay or not handler.rewrites or not result:
         return "relayed", None
     return "translated", _check_output(result, handler.streaming, ingress)

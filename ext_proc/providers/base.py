@@ -189,14 +189,15 @@ def translated_error(to_openai: Callable[[int, bytes], bytes], status: int) -> B
 
 def json_usage(usage_of: Callable[[dict[str, Any]], Usage | None]
                ) -> Callable[[bytes], tuple[bytes | None, Usage | None]]:
-    """A converter that keeps the body and only reads its usage."""
+    """A converter that keeps the body and only reads its usage. The body is parsed for the
+    usage anyway, so a successful answer that is not a JSON object raises ValueError
+    (respond.py answers the documented 502) instead of reaching the client as garbage."""
 
     def convert(body: bytes) -> tuple[bytes | None, Usage | None]:
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None, None
-        return None, usage_of(data) if isinstance(data, dict) else None
+        data = orjson.loads(body)  # orjson.JSONDecodeError is a ValueError
+        if not isinstance(data, dict):
+            raise ValueError("upstream answer is not a JSON object")
+        return None, usage_of(data)
 
     return convert
 

@@ -140,6 +140,20 @@ def test_untranslatable_answer_openai_client(pipe: Pipeline) -> None:
         pipe.options("claude")
 
 
+def test_same_schema_answer_that_is_not_json_openai_client(pipe: Pipeline) -> None:
+    """OpenAI answers an OpenAI client (relayed, not translated) with a body that is not JSON:
+    the client gets the documented 502 in its own schema, which its SDK parses."""
+    pipe.options("spare", malformed=True)
+    try:
+        with pytest.raises(openai.APIStatusError) as exc:
+            pipe.client.chat.completions.create(
+                model="mal-openai", messages=[{"role": "user", "content": "x"}])
+        assert exc.value.status_code == 502
+        assert exc.value.code == "bad_upstream_response"
+    finally:
+        pipe.options("spare")
+
+
 def test_untranslatable_answer_anthropic_client(pipe: Pipeline) -> None:
     pipe.options("spare", malformed=True)
     body = {"model": "mal-openai", "max_tokens": 50,

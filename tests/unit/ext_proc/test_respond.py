@@ -64,6 +64,37 @@ def test_untranslatable_buffered_answer_is_a_502_in_the_client_schema() -> None:
     assert orjson.loads(out.body)["error"]["code"] == "bad_upstream_response"
 
 
+def test_same_schema_answer_that_is_not_json_is_a_502_not_relayed() -> None:
+    """A same-schema success is relayed as it came (only `model` renamed), but its body is
+    parsed for usage anyway: one that is not a JSON object ends as the documented 502."""
+    from ext_proc.providers.base import same_schema
+    from ext_proc.translate import openai as openai_schema
+
+    for model, alias in (("gpt-x", "gpt-x"), ("gpt-x", "my-alias")):  # relayed / renamed
+        for garbage in (b"<html>502 Bad Gateway</html>", b'{"id": "chatcmpl-1", "cho',
+                        b"[1, 2]", b""):
+            st = RequestState("r1")
+            st.ingress = INGRESS[CHAT_PATH]
+            st.handler = same_schema(openai_schema.usage_of, alias, _b(model))
+            out = respond.on_body(st, garbage, end_of_stream=True)
+            assert dict(out.set_headers)[":status"] == b"502", garbage
+            assert out.body is not None
+            assert orjson.loads(out.body)["error"]["code"] == "bad_upstream_response"
+            assert st.status == 502
+        st = RequestState("r2")
+        st.ingress = INGRESS[CHAT_PATH]
+        st.handler = same_schema(openai_schema.usage_of, alias, _b(model))
+        good = orjson.dumps({"id": "chatcmpl-2", "model": model, "choices": [],
+                             "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+        out = respond.on_body(st, good, end_of_stream=True)
+        assert not out.set_headers
+        if alias == model:
+            assert out.body is None  # relayed untouched
+        else:
+            assert out.body is not None and orjson.loads(out.body)["model"] == alias
+        assert st.handler.usage is not None and st.handler.usage.prompt == 3
+
+
 def test_untranslatable_stream_ends_with_one_error_event_in_the_ingress_format() -> None:
     for path, event in ((CHAT_PATH, None), (MESSAGES_PATH, "error")):
         st = _state(path, streaming=True)
