@@ -1013,7 +1013,8 @@ class VLLMProvider(OpenAIProvider):
             AsyncEngine(state.engine_cfg) if state.engine_cfg is not None else None)
 
     def routes(self) -> list[tuple[str, str, BodyHandler]]:
-        return [*super().routes(), ("GET", "/metrics", self.metrics)]
+        return [*super().routes(), ("GET", "/metrics", self.metrics),
+                ("GET", "/_sim/engine", self.engine_served)]
 
     async def chat(self, request: web.Request, body: Any) -> web.StreamResponse:
         self.in_flight += 1
@@ -1078,6 +1079,11 @@ class VLLMProvider(OpenAIProvider):
         except ConnectionError:
             pass
         return resp
+
+    async def engine_served(self, request: web.Request, body: Any) -> web.StreamResponse:
+        """The engine's own timing of its latest finished requests (tests: TTFT as the
+        engine saw it); an empty list without `simulate.engine`."""
+        return json_response(self.engine.served() if self.engine is not None else [])
 
     async def metrics(self, request: web.Request, body: Any) -> web.StreamResponse:
         if self.state.options.metrics_down:

@@ -377,8 +377,15 @@ class AsyncEngine:
 
     `generate()` queues a request and yields once per token as the engine produces it."""
 
+    #: Finished requests `served()` keeps (bounded: a long benchmark must not grow memory).
+    SERVED_KEPT = 10_000
+
     def __init__(self, cfg: EngineConfig) -> None:
         self.engine = Engine(cfg)
+        #: (arrival, ttft, prompt tokens, cached tokens) of the latest finished requests, in
+        #: the engine's own clock (the loop's, CLOCK_MONOTONIC: comparable across processes).
+        self._served: deque[tuple[float, float, int, int]] = deque(
+            maxlen=self.SERVED_KEPT)
         self._wake = asyncio.Event()
         self._events: dict[int, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
@@ -429,6 +436,16 @@ class AsyncEngine:
             self._events.pop(id(seq), None)
             if not seq.done:  # the client went away: drop it from the engine
                 self._abort(seq)
+            elif seq.t_first is not None:
+                self._served.append((seq.arrival, seq.ttft, seq.prompt_tokens,
+                                     seq.cached_tokens))
+
+    def served(self) -> list[dict[str, float]]:
+        """The latest finished requests as the engine timed them: time to first token is
+        queueing plus prefill in the engine's model, free of the client's and the gateway's
+        CPU delays (what a picker changes; `GET /_sim/engine`)."""
+        return [{"arrival": a, "ttft_s": t, "prompt_tokens": p, "cached_tokens": c}
+                for a, t, p, c in self._served]
 
     def _abort(self, seq: Seq) -> None:
         eng = self.engine

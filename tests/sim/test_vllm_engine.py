@@ -138,6 +138,15 @@ async def test_simulator_engine_mode_streams_and_reports_metrics() -> None:
             text = (await client.get("/metrics")).text
             hits = float(re.search(r"vllm:prefix_cache_hits_total\{[^}]*\} (\S+)", text)[1])
             assert hits >= 8 * 384 - 1
+            # The engine's own timing of each finished request (9 so far): the first missed
+            # the prefix cache, the rest read the system prompt from it.
+            served = (await client.get("/_sim/engine")).json()
+            assert len(served) == 9
+            assert served[0]["cached_tokens"] == 0 and served[0]["prompt_tokens"] >= 400
+            assert all(r["cached_tokens"] >= 384 for r in served[1:])
+            assert all(r["ttft_s"] > 0 for r in served)
+            # An uncached prefill of ~400 tokens at 20,000 tokens/s takes >= 20 ms.
+            assert served[0]["ttft_s"] >= 0.02
             runner.state.set_options(runner.state.options.patched({"metrics_down": True}))
             assert (await client.get("/metrics")).status_code == 503
     finally:
