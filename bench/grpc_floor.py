@@ -5,17 +5,19 @@ A do-nothing ExternalProcessor (replies pre-serialized) runs in its own process 
 socket; a client in this process opens streams of 1 and of 4 messages (the gateway's route
 phase is one stream of four) with 16 in flight. The server's CPU time (/proc) divided by the
 streams is the floor of any design built on that server: it bounds how close the gateway's
-ext_proc can get to the one-message `minimal` target of `bench.run`. Two servers are measured:
-grpc.aio on uvloop (what the gateway runs) and grpcio's synchronous server (a thread pool, the
-other lever issue 11 names).
+ext_proc can get to the one-message `minimal` target of `bench.run`. Three servers are
+measured: grpc.aio on uvloop (what the gateway runs), grpcio's synchronous server (a thread
+pool, the other lever issue 11 names) and grpclib (pure-Python HTTP/2 on the `h2` library, on
+uvloop; `pip install -e '.[bench]'`, skipped when absent).
 
-    python -m bench.grpc_floor [--streams 4800] [--rounds 3] [--servers aio,sync]
+    python -m bench.grpc_floor [--streams 4800] [--rounds 3] [--servers aio,sync,grpclib]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import uvloop
@@ -95,6 +98,39 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _serve_grpclib(socket: str) -> None:
+    """grpclib's server with a codec that sends the pre-serialized reply as it is."""
+    from grpclib.const import Cardinality, Handler
+    from grpclib.encoding.base import CodecBase
+    from grpclib.server import Server, Stream
+
+    class Raw(CodecBase):
+        __content_subtype__ = "proto"
+
+        def encode(self, message: Any, message_type: Any) -> bytes:
+            return message if isinstance(message, bytes) else bytes(message.SerializeToString())
+
+        def decode(self, data: bytes, message_type: Any) -> Any:
+            return message_type.FromString(data)
+
+    class Processor:
+        async def process(self, stream: Stream[Any, Any]) -> None:
+            async for _msg in stream:
+                await stream.send_message(_REPLY)
+
+        def __mapping__(self) -> dict[str, Handler]:
+            return {f"/{_SERVICE}/Process": Handler(
+                self.process, Cardinality.STREAM_STREAM, pb.ProcessingRequest,
+                pb.ProcessingResponse)}
+
+    async def serve() -> None:
+        server = Server([Processor()], codec=Raw())
+        await server.start(path=socket)
+        await server.wait_closed()
+
+    uvloop.run(serve())
+
+
 def _measure(kind: str, streams: int, rounds: int) -> dict[int, float]:
     """Median server CPU µs per stream for 1 and 4 messages, one server process of `kind`."""
     results: dict[int, list[float]] = {1: [], 4: []}
@@ -125,18 +161,23 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.grpc_floor")
     ap.add_argument("--streams", type=int, default=4800)
     ap.add_argument("--rounds", type=int, default=3, help="runs per shape (median)")
-    ap.add_argument("--servers", default="aio,sync", help="which servers to measure")
+    ap.add_argument("--servers", default="aio,sync,grpclib", help="which servers to measure")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--server", default="aio", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
         if args.server == "sync":
             _serve_sync(args.serve)
+        elif args.server == "grpclib":
+            _serve_grpclib(args.serve)
         else:
             uvloop.run(_serve(args.serve))
         return
-    medians = {kind: _measure(kind, args.streams, args.rounds)
-               for kind in args.servers.split(",")}
+    kinds = args.servers.split(",")
+    if "grpclib" in kinds and importlib.util.find_spec("grpclib") is None:
+        print("grpclib not installed (pip install -e '.[bench]'): not measured")
+        kinds.remove("grpclib")
+    medians = {kind: _measure(kind, args.streams, args.rounds) for kind in kinds}
     print("\n| server | 1 message µs/stream | 4 messages µs/stream | per extra message | 4/1 |")
     print("|---|---:|---:|---:|---:|")
     for kind, m in medians.items():
