@@ -86,3 +86,40 @@ def test_envoys_attempt_log_reports_a_route_built_first_attempt_once() -> None:
     p.attempt_failed(gone.rid, cluster, 0, {}, client_gone=True)
     assert gone.rid not in p._unreported
     assert not p.health.unhealthy(cluster, time.monotonic())
+
+
+def test_accounting_runs_after_the_last_reply_and_once_if_the_stream_closes_there(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's answer does not wait for the usage record: the final reply is handed to
+    grpc first, its bookkeeping runs when the servicer resumes; a stream Envoy closes right
+    after the reply still accounts the request, exactly once, as completed."""
+    import ext_proc.pipeline as pipeline_module
+
+    records: list[Any] = []
+    monkeypatch.setattr(pipeline_module, "account", records.append)
+    msgs = messages("bench-model", OPENAI_ANSWER)
+
+    async def drive(close_after_last: bool) -> list[int]:
+        p = _pipeline()
+
+        async def it() -> AsyncIterator[pb.ProcessingRequest]:
+            for m in msgs:
+                yield m
+        seen = []
+        gen = ExternalProcessor(p).Process(it(), None)  # type: ignore[arg-type]
+        for _ in msgs:
+            await gen.__anext__()
+            seen.append(len(records))
+        if close_after_last:
+            await gen.aclose()  # Envoy ends the stream before the servicer resumes
+        else:
+            with pytest.raises(StopAsyncIteration):
+                await gen.__anext__()
+        seen.append(len(records))
+        return seen
+
+    assert asyncio.run(drive(False)) == [0, 0, 0, 0, 1]
+    assert records[-1].outcome == "completed" and records[-1].status == 200
+    records.clear()
+    assert asyncio.run(drive(True)) == [0, 0, 0, 0, 1]
+    assert records[-1].outcome == "completed" and records[-1].status == 200
