@@ -65,7 +65,6 @@ class Pipeline:
     def ended(self, st: RequestState) -> None:
         """The route-phase stream closed, however it ended: account what was not yet."""
         self.inflight.pop(st.rid, None)
-        self.after_reply(st)  # the stream closed right after a reply: its bookkeeping still runs
         if st.attempts and st.attempts[0].by_route and not st.attempts[0].status:
             self._await_report(st.rid, st.attempts[0])
         self.pools.release(st.rid)
@@ -214,25 +213,14 @@ class Pipeline:
             first = respond.answering_first_attempt(st, headers)
             if first is not None and st.status < 400:
                 # No translate phase saw this answer: learn from it here (a failed one comes
-                # through Envoy's attempt log, `attempt_failed`), once the reply is out.
-                backend = first.backend
-                st.pending.append(lambda: self._learn_attempt(st, backend.cluster, backend,
-                                                              headers))
+                # through Envoy's attempt log, `attempt_failed`).
+                self._learn_attempt(st, first.backend.cluster, first.backend, headers)
         else:
             end = req.response_body.end_of_stream
             reply = envoy.response_body(respond.on_body(st, req.response_body.body, end))
         if end:
-            record = respond.finish(st)  # timed now, accounted once the reply is out
-            st.pending.append(lambda: self._account(st, record))
+            self._account(st, respond.finish(st))
         return reply
-
-    def after_reply(self, st: RequestState) -> None:
-        """What a response reply left to do (learning, accounting), run by the server once
-        the reply is handed to Envoy: the client's answer does not wait for the usage
-        record, metrics, the log line or live statistics (~0.2 ms at concurrency 1)."""
-        pending = st.pending
-        while pending:
-            pending.pop(0)()
 
     def _learn_attempt(self, st: RequestState | None, cluster: str,
                        backend: BackendInfo | None, headers: dict[str, str]) -> None:

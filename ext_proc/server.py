@@ -69,7 +69,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     # too large, a malformed request): answer it, as a JSON error object.
                     st = p.new_request()
                     yield p.response(st, req)
-                    p.after_reply(st)
                 elif kind == "request_body":
                     if st.feedback:  # may look the response id up in Redis (awaited)
                         yield await p.feedback(req.request_body.body)
@@ -81,7 +80,6 @@ class ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     yield reply
                 elif kind in ("response_headers", "response_body"):
                     yield p.response(st, req)
-                    p.after_reply(st)  # after grpc sent the reply: accounting, learning
                 else:
                     yield envoy.EMPTY
         except Exception:  # a bug, not a client's error: say so in the client's schema

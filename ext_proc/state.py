@@ -8,7 +8,6 @@ the response phase reads which attempt answered and accounts the request when it
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +55,6 @@ class RequestState:
         "logged",
         "max_price_usd",
         "model",
-        "pending",
         "pool_pick",
         "present",
         "rate_headers",
@@ -118,9 +116,6 @@ class RequestState:
         self.rate_headers: tuple[tuple[str, str], ...] = ()
         #: GPU pool pick: (pool, endpoint IP:PORT, reason), for the log line; None: no pool.
         self.pool_pick: tuple[str, str, str] | None = None
-        #: Bookkeeping of a reply already decided, run after the reply is sent (the client
-        #: does not wait for it); the stream's end runs what is left.
-        self.pending: list[Callable[[], None]] = []
 
     def attempt_for(self, cluster: str) -> Attempt | None:
         """The latest attempt that went to `cluster`."""
