@@ -36,6 +36,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def cpu_model(default: str = "unknown") -> str:
+    """The CPU's model name from /proc/cpuinfo, for a report's machine facts."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return default
+
+
+def wait_quiet(threshold: float, max_wait: float, log: Callable[[str], None]) -> float:
+    """Before a run, wait (bounded) until the machine's other load is under `threshold` cores;
+    returns the load last seen. The benchmark's targets are idle between runs, so whatever
+    keeps the CPU busy now is someone else."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(1.0)
+        load = machine_busy_seconds() - before
+        if load <= threshold or time.monotonic() >= deadline:
+            if load > threshold:
+                log(f"  (machine still busy: {load:.2f} cores; running anyway)")
+            return load
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all processes spent in user+system mode since boot, from /proc/stat.
 

@@ -30,7 +30,14 @@ from pathlib import Path
 import orjson
 
 from bench import litellm
-from bench.procs import ProcessGroup, bounded, cpu_seconds, machine_busy_seconds
+from bench.procs import (
+    ProcessGroup,
+    bounded,
+    cpu_model,
+    cpu_seconds,
+    machine_busy_seconds,
+    wait_quiet,
+)
 from bench.targets import (
     Target,
     envoy_version,
@@ -187,20 +194,8 @@ def measure(target: Target, args: argparse.Namespace, body: bytes, body_file: Pa
 
 
 def _wait_quiet(threshold: float, max_wait: float) -> None:
-    """Before a run, wait (bounded) until the machine's other load is under `threshold` cores.
-
-    The targets are idle between runs, so whatever keeps the CPU busy now is someone else.
-    """
-    deadline = time.monotonic() + max_wait
-    while True:
-        before = machine_busy_seconds()
-        time.sleep(1.0)
-        load = machine_busy_seconds() - before
-        if load <= threshold or time.monotonic() >= deadline:
-            if load > threshold:
-                print(f"  (machine still busy: {load:.2f} cores; running anyway)",
-                      file=sys.stderr, flush=True)
-            return
+    """procs.wait_quiet, reporting to stderr (bench.run and bench.failover)."""
+    wait_quiet(threshold, max_wait, lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 def _quiet_run(target: Target, body_file: Path, args: argparse.Namespace, connections: int,
@@ -305,22 +300,17 @@ def summary(results: list[TargetResult]) -> dict[str, dict[str, object]]:
     return out
 
 
-def machine_facts() -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+def machine_facts(tools: dict[str, str] | None = None) -> dict[str, str]:
+    """The machine a report was measured on; `tools`: what else it names (default: wrk's
+    version; bench.stream names the code instead)."""
     return {
         "nproc": str(len(os.sched_getaffinity(0))),
-        "CPU model": model,
+        "CPU model": cpu_model(),
         "kernel": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
         "Envoy": envoy_version(),
-        "wrk": wrk_version(),
-        "load average at start": load,
+        **({"wrk": wrk_version()} if tools is None else tools),
+        "load average at start": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 

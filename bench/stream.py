@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import math
 import os
-import platform
 import resource
 import shlex
 import shutil
@@ -54,9 +52,10 @@ from urllib.parse import urlsplit
 import orjson
 import uvloop
 
-from bench.procs import bounded, cpu_seconds, http_status, machine_busy_seconds
+from bench.procs import bounded, cpu_seconds, http_status, machine_busy_seconds, wait_quiet
+from bench.run import machine_facts as run_machine_facts
 from bench.sections import write_section
-from bench.targets import CHAT_PATH, SIM_PROVIDER, envoy_version, running_gateway
+from bench.targets import CHAT_PATH, SIM_PROVIDER, running_gateway
 from bench.targets import gateway_config as targets_gateway_config
 
 #: The alias OpenAI clients ask for, and the upstream Anthropic model it maps to.
@@ -580,35 +579,12 @@ def code_version() -> str:
 
 
 def machine_facts() -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "CPU model": model,
-        "kernel": f"{platform.system()} {platform.release()}",
-        "Python": platform.python_version(),
-        "Envoy": envoy_version(),
-        "code": code_version(),
-        "load average at start": ", ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
+    return run_machine_facts({"code": code_version()})
 
 
 def _wait_quiet(threshold: float, max_wait: float) -> float:
-    """Before a phase, wait (bounded) until other processes use under `threshold` cores;
-    returns the load last seen. The gateway is idle between phases: the rest is someone else."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        before = machine_busy_seconds()
-        time.sleep(1.0)
-        load = machine_busy_seconds() - before
-        if load <= threshold or time.monotonic() >= deadline:
-            if load > threshold:
-                _log(f"  (machine still busy: {load:.2f} cores; running anyway)")
-            return load
+    """Before a phase, wait (bounded) until other processes use under `threshold` cores."""
+    return wait_quiet(threshold, max_wait, _log)
 
 
 # -- run -------------------------------------------------------------------------------------

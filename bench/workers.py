@@ -26,7 +26,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procs import cpu_seconds, die_with_parent, free_ports, machine_busy_seconds
+from bench.procs import (
+    cpu_model,
+    cpu_seconds,
+    die_with_parent,
+    free_ports,
+    machine_busy_seconds,
+)
 from bench.sections import write_section
 from bench.targets import CHAT_PATH, SIM_PROVIDER, Target, _disable_recording, precheck
 from bench.wrk import MODEL, request_body, run_wrk
@@ -156,7 +162,8 @@ def render(sides: list[Side], args: argparse.Namespace, argv: list[str]) -> str:
         "## ext_proc workers (`python -m bench.workers`)",
         "",
         f"Command: `python -m bench.workers {' '.join(argv)}`  ",
-        f"Machine: {os.cpu_count()} cores ({_cpu_model()}), shared; {args.runs} interleaved "
+        f"Machine: {os.cpu_count()} cores ({cpu_model('unknown CPU')}), shared; "
+        f"{args.runs} interleaved "
         f"runs of {args.duration:g} s per worker count at {args.connections} connections, "
         f"Envoy `--concurrency {args.envoy_concurrency}`, ~1 KB non-streaming, one simulated "
         "OpenAI backend, every gateway with `shared_state.redis` (one redis-server, a "
@@ -189,14 +196,6 @@ def render(sides: list[Side], args: argparse.Namespace, argv: list[str]) -> str:
             "per-request cost (only retries that land on another worker take the internal "
             "hop).")]
     return "\n".join(lines) + "\n"
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
