@@ -157,9 +157,8 @@ class FleetStatus:
             worker_polls = [self.polled.get(u, {}) for u in urls]
             # Worker 0 answers for the node's limits and pool gauges (every worker holds the
             # same); traffic is summed over the workers, and one unreachable worker shows.
-            polled = next((p for p in worker_polls if "error" in p or not p),
-                          worker_polls[0] if worker_polls else {})
-            node_metrics = worker_polls[0].get("metrics", {}) if worker_polls else {}
+            first: dict[str, Any] = worker_polls[0] if worker_polls else {}
+            polled = next((p for p in worker_polls if "error" in p or not p), first)
             requests = sum(m.get("requests", 0) for p in worker_polls
                            for m in p.get("metrics", {}).get("models", {}).values())
             envoy_in_sync = all(types.get(k, {}).get("acked") == v
@@ -177,8 +176,8 @@ class FleetStatus:
                 "in_sync": envoy_in_sync and rt_version == versions.get("routing_table"),
                 "nacked": any(t["nacked"] and t["nacked"] != t["acked"] for t in types.values()),
                 "requests": requests,
-                "limits": worker_polls[0].get("limits", {}) if worker_polls else {},
-                "pools": node_metrics.get("pools", {}),
+                "limits": first.get("limits", {}),
+                "pools": first.get("metrics", {}).get("pools", {}),
             })
         # Fleet-wide sums per model and backend.
         by_model: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
